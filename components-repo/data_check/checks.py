@@ -1,0 +1,145 @@
+"""Pure data checks: each returns a CheckResult; the caller decides what a failure means."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from step_kit import Schema
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One named check, whether it passed, and what it saw."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_schema(frame: pd.DataFrame, schema: Schema) -> CheckResult:
+    """Exactly the schema's columns; numeric features numeric; categorical ones text."""
+    problems = []
+    absent = [c for c in schema.columns if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in schema.columns]
+    if absent:
+        problems.append(f"missing columns {absent}")
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    for column in schema.numeric:
+        if column in frame and not pd.api.types.is_numeric_dtype(frame[column]):
+            problems.append(f"'{column}' is {frame[column].dtype}, expected a number")
+    for column in [*schema.categorical, schema.target]:
+        if column in frame and not pd.api.types.is_string_dtype(frame[column]):
+            problems.append(f"'{column}' is {frame[column].dtype}, expected text")
+    return CheckResult("schema", not problems, "; ".join(problems) or "columns and dtypes as expected")
+
+
+def check_categories(frame: pd.DataFrame, schema: Schema) -> CheckResult:
+    """No value outside the allowed categories of config group 'data' (missing values allowed)."""
+    problems = []
+    for column, allowed in schema.categories.items():
+        if column not in frame:
+            continue
+        unknown = sorted(set(frame[column].dropna().unique()) - set(allowed))
+        if unknown:
+            problems.append(f"'{column}' has unknown values {unknown[:10]}")
+    return CheckResult("categories", not problems, "; ".join(problems) or "all values known")
+
+
+def check_ranges(frame: pd.DataFrame, ranges: dict[str, list[float]]) -> CheckResult:
+    """Every non-missing value of each named column within its inclusive [min, max]."""
+    problems = []
+    for column, (low, high) in ranges.items():
+        if column not in frame:
+            problems.append(f"'{column}' is not a column")
+            continue
+        values = frame[column].dropna()
+        outside = values[(values < low) | (values > high)]
+        if len(outside):
+            problems.append(
+                f"'{column}' has {len(outside)} values outside [{low}, {high}] "
+                f"(seen {values.min()}..{values.max()})"
+            )
+    return CheckResult("ranges", not problems, "; ".join(problems) or "all values within bounds")
+
+
+def check_row_count(frame: pd.DataFrame, min_rows: int, max_rows: int) -> CheckResult:
+    """The number of rows within [min_rows, max_rows]."""
+    rows = len(frame)
+    ok = min_rows <= rows <= max_rows
+    return CheckResult("row_count", ok, f"{rows} rows, expected {min_rows}..{max_rows}")
+
+
+def check_target(frame: pd.DataFrame, schema: Schema, low: float, high: float) -> CheckResult:
+    """The positive-class share of the target within [low, high], and no unknown label."""
+    target = frame[schema.target]
+    labels = sorted(set(target.dropna().unique()))
+    allowed = schema.categories.get(schema.target)
+    if allowed and set(labels) - set(allowed):
+        return CheckResult("target", False, f"unknown labels {sorted(set(labels) - set(allowed))}")
+    share = float(target.eq(schema.positive_class).mean()) if len(target) else 0.0
+    ok = low <= share <= high
+    return CheckResult(
+        "target", ok, f"share of '{schema.positive_class}' {share:.4f}, expected {low}..{high}"
+    )
+
+
+def check_drift(
+    frame: pd.DataFrame, reference: pd.DataFrame, schema: Schema, ks_alpha: float, chi2_alpha: float
+) -> list[CheckResult]:
+    """Two-sample KS per numeric column, chi-square per categorical column, Bonferroni-corrected.
+
+    A check fails when its p-value is below its alpha divided by the number of columns tested,
+    so the whole family keeps the configured false-alarm rate.
+    """
+    results = []
+    numeric = [c for c in schema.numeric if c in frame and c in reference]
+    categorical = [c for c in schema.categorical if c in frame and c in reference]
+    tests = max(len(numeric) + len(categorical), 1)
+    for column in numeric:
+        current, ref = frame[column].dropna(), pd.to_numeric(reference[column], errors="coerce").dropna()
+        p_value = float(stats.ks_2samp(current, ref).pvalue)
+        ok = p_value >= ks_alpha / tests
+        results.append(CheckResult(f"drift.{column}", ok, f"KS p={p_value:.3g}, alpha={ks_alpha}/{tests}"))
+    for column in categorical:
+        counts = pd.concat(
+            {"current": frame[column].value_counts(), "reference": reference[column].value_counts()},
+            axis=1,
+        ).fillna(0)
+        if len(counts) < 2:
+            results.append(CheckResult(f"drift.{column}", True, "a single category in both"))
+            continue
+        p_value = float(stats.chi2_contingency(counts.to_numpy()).pvalue)
+        ok = p_value >= chi2_alpha / tests
+        results.append(
+            CheckResult(f"drift.{column}", ok, f"chi-square p={p_value:.3g}, alpha={chi2_alpha}/{tests}")
+        )
+    return results
+
+
+def run_checks(
+    frame: pd.DataFrame,
+    schema: Schema,
+    config: dict[str, Any],
+    reference: pd.DataFrame | None = None,
+) -> list[CheckResult]:
+    """Every check that config asks for, in a fixed order."""
+    results = [
+        check_schema(frame, schema),
+        check_categories(frame, schema),
+        check_ranges(frame, config.get("ranges", {})),
+        check_row_count(frame, int(config["min_rows"]), int(config["max_rows"])),
+        check_target(frame, schema, *config["positive_share"]),
+    ]
+    if reference is not None:
+        results += check_drift(
+            frame, reference, schema, float(config["ks_alpha"]), float(config["chi2_alpha"])
+        )
+    return results

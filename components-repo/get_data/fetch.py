@@ -1,0 +1,58 @@
+"""Resolve a data source (bundled sample, local path or URL) to a local file."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from step_kit import StepError
+from step_kit.tables import table_suffix
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+
+
+def bundled_samples() -> list[str]:
+    """Names of the samples that ship with this component."""
+    return sorted(p.name for p in BUNDLED_DIR.glob("*.parquet"))
+
+
+def fetch(source: str, dest_dir: Path, timeout: float = 60.0) -> Path:
+    """Return a local file for ``source``: copied from a bundled sample or path, or downloaded."""
+    source = source.strip()
+    if not source:
+        raise StepError("No data source given.", f"name a bundled sample ({', '.join(bundled_samples())}), a path or a URL.")
+    scheme = urllib.parse.urlparse(source).scheme
+    if scheme in ("http", "https", "file"):
+        return _download(source, dest_dir, timeout)
+    if "/" not in source and (BUNDLED_DIR / source).is_file():
+        path = BUNDLED_DIR / source
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise StepError(
+                f"Data source '{source}' is neither a bundled sample nor an existing file.",
+                f"use one of {', '.join(bundled_samples())}, an existing path, or an http(s)/file URL.",
+            )
+    table_suffix(path.name)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(path, dest_dir / path.name))
+
+
+def _download(url: str, dest_dir: Path, timeout: float) -> Path:
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "data"
+    table_suffix(name)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / name
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise StepError(
+            f"Cannot download {url}: {reason}.",
+            "check the URL and that the server is reachable from this machine.",
+        ) from None
+    return target

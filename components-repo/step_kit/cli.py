@@ -1,0 +1,48 @@
+"""Command-line arguments of a component, read from its MLproject.
+
+The MLproject is the one place where a parameter's name, type, default and description live; the
+thin run.py of each component gets the same flags from it, so `python run.py --help` and
+`mlflow run` can never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from step_kit.errors import StepError
+
+_TYPES = {"string": str, "str": str, "path": str, "uri": str, "float": float, "int": int}
+
+
+def parse_args(component_dir: Path, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``--name value`` flags for the ``main`` entry point of the MLproject in component_dir."""
+    spec = yaml.safe_load((component_dir / "MLproject").read_text())
+    parser = argparse.ArgumentParser(prog=spec["name"], description=spec.get("description"))
+    for name, param in spec["entry_points"]["main"].get("parameters", {}).items():
+        kind = _TYPES[param.get("type", "string")]
+        default = param.get("default")
+        parser.add_argument(
+            f"--{name}",
+            type=kind,
+            required=default is None,
+            default=None if default is None else kind(default),
+            help=param.get("description", ""),
+        )
+    return parser.parse_args(argv)
+
+
+def json_param(name: str, text: str) -> Any:
+    """Decode a JSON-valued parameter; a syntax error names the parameter."""
+    try:
+        return json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as err:
+        raise StepError(
+            f"Parameter '{name}' is not valid JSON ({err.msg} at char {err.pos}): {text[:80]!r}.",
+            f"pass '{name}' as a JSON object, as the project's orchestrator builds it from config.",
+        ) from None

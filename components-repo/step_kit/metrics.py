@@ -1,0 +1,17 @@
+"""Scores of a binary classifier, all from scikit-learn's own metric functions."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics
+
+
+def binary_scores(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """ROC AUC, average precision, F1 and accuracy of positive-class probabilities."""
+    predicted = (proba >= threshold).astype(int)
+    return {
+        "roc_auc": float(metrics.roc_auc_score(y_true, proba)),
+        "average_precision": float(metrics.average_precision_score(y_true, proba)),
+        "f1": float(metrics.f1_score(y_true, predicted)),
+        "accuracy": float(metrics.accuracy_score(y_true, predicted)),
+    }

@@ -1,0 +1,173 @@
+"""One component run: its MLflow run, its W&B mirror, its inputs, outputs and failure handling."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from step_kit.errors import StepError
+from step_kit.tables import read_table, sha256_file
+
+log = logging.getLogger(__name__)
+
+# Tags through which a step tells the orchestrator where its outputs are.
+OUTPUT_TAG = "reprise.output.{name}"
+OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
+STEP_TAG = "reprise.step"
+# Set by the orchestrator so every step of one pipeline run lands in one W&B group.
+GROUP_ENV = "REPRISE_PIPELINE_RUN_ID"
+
+
+def configure_logging() -> None:
+    """Log lines with time, level and logger name; called once per process, at the entry point."""
+    logging.basicConfig(
+        level=os.environ.get("REPRISE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def wandb_mode() -> str:
+    """W&B mode: WANDB_MODE if set, else online with an API key and offline without one."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+class Step:
+    """Context of one component run. Use as ``with Step("name", params) as step: ...``.
+
+    A StepError inside the block ends the run FAILED with a one-line message and exit code 1.
+    """
+
+    def __init__(self, name: str, params: dict[str, Any]) -> None:
+        self.name = name
+        self.params = params
+        self.run_id = ""
+        self._wandb: Any = None
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"reprise-{name}-")
+        self.workdir = Path(self._tmp.name)
+
+    def __enter__(self) -> Step:
+        configure_logging()
+        run = mlflow.start_run()  # resumes the run that `mlflow run` made (MLFLOW_RUN_ID)
+        self.run_id = run.info.run_id
+        mlflow.set_tag(STEP_TAG, self.name)
+        self._wandb = self._start_wandb()
+        log.info("step %s: MLflow run %s", self.name, self.run_id)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        failed = exc_type is not None
+        if isinstance(exc, StepError):
+            log.error("step %s failed: %s", self.name, exc)
+        elif failed and not isinstance(exc, SystemExit):
+            log.exception("step %s failed with an unexpected error (a bug: please report it)", self.name)
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=1 if failed else 0)
+        mlflow.end_run("FAILED" if failed else "FINISHED")
+        self._tmp.cleanup()
+        if isinstance(exc, StepError):
+            sys.exit(1)  # the message above is the whole story; no stack trace
+        return False
+
+    # --- W&B -----------------------------------------------------------------------------------
+    def _start_wandb(self) -> Any:
+        mode = wandb_mode()
+        if mode == "disabled":
+            return None
+        try:
+            import wandb
+
+            wandb_dir = Path(os.environ.get("WANDB_DIR") or self.workdir)
+            wandb_dir.mkdir(parents=True, exist_ok=True)
+            return wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "reprise"),
+                group=os.environ.get(GROUP_ENV, self.run_id),
+                job_type=self.name,
+                name=f"{self.name}-{self.run_id[:8]}",
+                config={**self.params, "mlflow_run_id": self.run_id},
+                mode=mode,
+                dir=str(wandb_dir),
+                settings=wandb.Settings(
+                    silent=True, console="off", init_timeout=30, disable_git=True,
+                    save_code=False, x_disable_stats=True, x_disable_machine_info=True,
+                ),
+            )
+        except Exception as err:  # W&B is a mirror: it must never stop a step
+            log.warning("W&B mirror off for step %s: %s", self.name, err)
+            return None
+
+    # --- inputs --------------------------------------------------------------------------------
+    def input_file(self, uri: str, sha256: str = "") -> Path:
+        """Download an artifact of an earlier step and check its digest when one is given."""
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(self.workdir / "inputs")
+            )
+        except Exception as err:
+            raise StepError(
+                f"Input artifact {uri} cannot be downloaded: {err}",
+                "pass the artifact URI that the earlier step logged (its run tag reprise.output.*).",
+            ) from None
+        if sha256:
+            actual = sha256_file(local)
+            if actual != sha256:
+                raise StepError(
+                    f"Input artifact {uri} has sha256 {actual}, expected {sha256}.",
+                    "rerun the step that produced it; the stored file changed since it was logged.",
+                )
+        return Path(local)
+
+    def input_table(self, uri: str, sha256: str = "") -> pd.DataFrame:
+        """Download, check and read a table artifact."""
+        return read_table(self.input_file(uri, sha256))
+
+    # --- outputs -------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Log numbers to MLflow and W&B."""
+        mlflow.log_metrics(metrics)
+        if self._wandb is not None:
+            self._wandb.log(metrics)
+        for key, value in metrics.items():
+            log.info("%s: %s = %s", self.name, key, value)
+
+    def output_file(self, name: str, path: Path, artifact_type: str = "data") -> str:
+        """Log a file as this run's output ``name``; returns its ``runs:/`` URI."""
+        digest = sha256_file(path)
+        mlflow.log_artifact(str(path))
+        uri = f"runs:/{self.run_id}/{path.name}"
+        self.record_output(name, uri, digest)
+        if self._wandb is not None:
+            import wandb
+
+            artifact = wandb.Artifact(name, type=artifact_type, metadata={"sha256": digest})
+            artifact.add_file(str(path))
+            self._wandb.log_artifact(artifact)
+        log.info("%s: output %s = %s (sha256 %s)", self.name, name, uri, digest)
+        return uri
+
+    def output_table(self, name: str, frame: pd.DataFrame, filename: str) -> str:
+        """Write a table as Parquet and log it as output ``name``."""
+        path = self.workdir / filename
+        frame.to_parquet(path, index=False)
+        return self.output_file(name, path)
+
+    def record_output(self, name: str, uri: str, sha256: str = "") -> None:
+        """Tell the orchestrator where output ``name`` is (and its digest), through run tags."""
+        mlflow.set_tag(OUTPUT_TAG.format(name=name), uri)
+        if sha256:
+            mlflow.set_tag(OUTPUT_DIGEST_TAG.format(name=name), sha256)

@@ -1,0 +1,50 @@
+"""Reading tables and digesting files, with errors that name the file and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+from step_kit.errors import StepError
+
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def table_suffix(name: str) -> str:
+    """The table format of a file name (``.parquet`` or ``.csv``), or a StepError."""
+    for suffix in TABLE_SUFFIXES:
+        if name.lower().endswith(suffix) or name.lower().endswith(suffix + ".brotli"):
+            return suffix
+    raise StepError(
+        f"'{name}' is neither a Parquet nor a CSV file.",
+        "give a file whose name ends in .parquet or .csv.",
+    )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a Parquet or CSV file, turning a missing or corrupt file into a StepError."""
+    path = Path(path)
+    if not path.is_file():
+        raise StepError(f"Data file {path} does not exist.", "check the path or sample name.")
+    suffix = table_suffix(path.name)
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        # Read every column as text first: a CSV has no types; cleaning enforces them.
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as err:  # pyarrow and the csv parser raise many types for a bad file
+        raise StepError(
+            f"Data file {path} cannot be read as {suffix[1:]}: {type(err).__name__}: {err}".strip(),
+            "replace the file with an intact copy (compare its sha256 with DATA.md).",
+        ) from None

@@ -1,0 +1,25 @@
+"""The pipeline's entry point: a Hydra app that runs the selected steps as MLflow child runs."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from reprise.errors import RepriseError
+from reprise.pipeline import run_pipeline
+
+log = logging.getLogger("reprise")
+
+
+@hydra.main(config_path="config", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_pipeline(cfg)
+    except RepriseError as err:
+        log.error("pipeline failed: %s", err)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

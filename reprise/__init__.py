@@ -1,0 +1,1 @@
+"""Reprise: reproducible, releasable, deployable ML pipelines."""

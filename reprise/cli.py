@@ -1,0 +1,97 @@
+"""The platform's command line: `python -m reprise run` (what `make run` calls)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reprise.errors import RepriseError
+
+log = logging.getLogger("reprise")
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pipeline project with the local environment, then say where to look."""
+    import mlflow
+    from mlflow.projects import ExecutionException
+
+    from reprise import paths, tracking
+
+    experiment_id = tracking.use_defaults()
+    # env manager "local" runs `python` (and `uv`) from PATH: make that this environment's.
+    bin_dir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    try:
+        submitted = mlflow.projects.run(
+            str(paths.PROJECT_DIR),
+            entry_point="main",
+            parameters={"steps": args.steps, "hydra_options": " ".join(args.overrides)},
+            experiment_id=experiment_id,
+            env_manager="local",
+            run_name="pipeline",
+        )
+    except ExecutionException as err:
+        log.error("pipeline failed (%s); the cause is the ERROR line above.", str(err).splitlines()[0])
+        return 1
+    _print_summary(submitted.run_id)
+    return 0
+
+
+def _print_summary(parent_id: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from reprise import tracking
+
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    _out()
+    _out(f"Pipeline run {parent_id} ({parent.info.status}) in experiment {parent.info.experiment_id}")
+    for child in children:
+        seconds = (child.info.end_time - child.info.start_time) / 1000 if child.info.end_time else 0
+        tags = child.data.tags
+        sha = tags.get("reprise.component.sha", "")[:12] or "-"
+        _out(f"  {tags.get('mlflow.runName', '?'):<22} {child.info.status:<9} {seconds:6.1f} s  "
+             f"run {child.info.run_id}  commit {sha}")
+        for key, value in sorted(child.data.metrics.items()):
+            if key.startswith(("val.", "test.")):
+                _out(f"      {key} = {value:.4f}")
+        if model := tags.get("reprise.output.registered_model"):
+            _out(f"      registered model: {model}")
+    _out()
+    _out(f"Look at it: {tracking.ui_command()}")
+    _out(f"Tracking URI: {mlflow.get_tracking_uri()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reprise", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline on the embedded defaults")
+    run.add_argument("--steps", default="all", help="comma-separated steps, or all")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet")
+    run.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except RepriseError as err:
+        log.error("%s", err)
+        return 1

@@ -1,0 +1,202 @@
+"""Where a component's code comes from: a git repository at a tag (or a local folder), resolved
+to a commit SHA and checked out once per SHA."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+from reprise.errors import RepriseError
+
+log = logging.getLogger(__name__)
+
+GIT_TIMEOUT_S = 120
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # user@host:path, git's short ssh form
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What the config asks for: a repository (URI or local path, ``#subdir`` allowed), a version
+    (tag, branch or commit; none for a local folder used as it is) and an environment manager."""
+
+    name: str
+    repository: str
+    version: str | None
+    env_manager: str
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    """Where the component's code is on this machine, and which commit it is."""
+
+    name: str
+    repository: str  # credentials redacted
+    version: str | None
+    sha: str | None
+    path: Path
+    env_manager: str
+    dirty: bool = False
+
+
+def redact(uri: str) -> str:
+    """The URI without any password or token in it."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def split_subdirectory(repository: str) -> tuple[str, str]:
+    """``uri#sub/dir`` -> (``uri``, ``sub/dir``); no ``#`` -> (``uri``, ``""``)."""
+    base, _, subdir = repository.partition("#")
+    return base, subdir.strip("/")
+
+
+def is_remote(repository: str) -> bool:
+    """True for a URI git must fetch from (any scheme, or user@host:path); False for a folder."""
+    return "://" in repository or bool(_SCP_LIKE.match(repository))
+
+
+def _git(*args: str, cwd: Path | None = None, timeout: int = GIT_TIMEOUT_S) -> str:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def list_remote_refs(uri: str) -> dict[str, str]:
+    """Refs of a remote repository (``refs/tags/x`` -> SHA), annotated tags peeled to commits."""
+    try:
+        out = _git("ls-remote", "--tags", "--heads", uri)
+    except subprocess.TimeoutExpired:
+        raise RepriseError(
+            f"Repository {redact(uri)} did not answer within {GIT_TIMEOUT_S} s.",
+            "check that the git server is up and reachable, then run again.",
+        ) from None
+    except subprocess.CalledProcessError as err:
+        detail = (err.stderr or "").strip().splitlines()
+        raise RepriseError(
+            f"Repository {redact(uri)} cannot be reached: {detail[-1] if detail else 'git failed'}.",
+            "check components.repository (URI, server up, access rights).",
+        ) from None
+    refs: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.endswith("^{}"):
+            refs[ref[:-3]] = sha  # the peeled commit of an annotated tag wins
+        else:
+            refs.setdefault(ref, sha)
+    return refs
+
+
+def resolve_version(uri: str, version: str) -> str:
+    """The commit SHA of a tag, branch or full SHA of a remote repository."""
+    refs = list_remote_refs(uri)
+    for ref in (f"refs/tags/{version}", f"refs/heads/{version}"):
+        if ref in refs:
+            return refs[ref]
+    if _SHA.match(version):
+        return version
+    tags = sorted(r.removeprefix("refs/tags/") for r in refs if r.startswith("refs/tags/"))
+    raise RepriseError(
+        f"Version '{version}' is neither a tag nor a branch of {redact(uri)}; "
+        f"its tags are: {', '.join(tags) or '(none)'}.",
+        "set components.version (or the component's own version) to one of those tags.",
+    )
+
+
+def checkout(uri: str, version: str, sha: str, cache: Path) -> Path:
+    """A work tree of ``uri`` at ``sha``, made once per SHA under ``cache`` and then reused."""
+    target = cache / "checkouts" / sha
+    if (target / ".git").is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=target.parent))
+    try:
+        _git("init", "-q", str(staging))
+        _git("remote", "add", "origin", uri, cwd=staging)
+        ref = sha if _SHA.match(version) else version
+        _git("fetch", "-q", "--depth", "1", "origin", ref, cwd=staging)
+        _git("checkout", "-q", "--detach", "FETCH_HEAD", cwd=staging)
+        head = _git("rev-parse", "HEAD", cwd=staging).strip()
+        if head != sha:
+            raise RepriseError(
+                f"{redact(uri)} at '{version}' fetched commit {head}, but it was resolved to {sha}.",
+                "the ref moved while fetching; run again.",
+            )
+        _git("remote", "set-url", "origin", redact(uri), cwd=staging)  # MLflow records this URL
+        os.replace(staging, target)  # atomic: a half-made checkout is never reused
+    except subprocess.CalledProcessError as err:
+        raise RepriseError(
+            f"Fetching {redact(uri)} at '{version}' failed: {(err.stderr or '').strip()}.",
+            "check that the server allows fetching that ref, then run again.",
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _local_state(folder: Path) -> tuple[str | None, bool]:
+    """(HEAD SHA, has uncommitted changes) of the git work tree holding folder, or (None, False)."""
+    try:
+        sha = _git("rev-parse", "HEAD", cwd=folder).strip()
+        dirty = bool(_git("status", "--porcelain", "--", ".", cwd=folder).strip())
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None, False
+    return sha, dirty
+
+
+def resolve(spec: ComponentSpec, base_dir: Path, cache: Path) -> ResolvedComponent:
+    """Find the code of one component; every failure is a RepriseError naming cause and fix."""
+    repository, subdir = split_subdirectory(spec.repository)
+    remote = is_remote(repository)
+    if not remote:
+        folder = (base_dir / repository).resolve()
+        if not folder.is_dir():
+            raise RepriseError(
+                f"Components repository '{repository}' is not a folder (looked at {folder}).",
+                "set components.repository to a git URI or to an existing local folder.",
+            )
+        if spec.version is None:
+            path = folder / subdir / spec.name
+            sha, dirty = _local_state(path) if path.is_dir() else (None, False)
+            return _found(spec, str(folder), None, sha, path, dirty)
+        # A local repository with a version (a bare one, too) is fetched like a remote one,
+        # never handed to MLflow as a path: MLflow would check the tag out in place.
+        repository = folder.as_uri()
+    elif spec.version is None:
+        raise RepriseError(
+            f"Component {spec.name} comes from the remote repository {redact(repository)} "
+            "but has no version.",
+            "set components.version to a tag of that repository.",
+        )
+    sha = resolve_version(repository, spec.version)
+    work_tree = checkout(repository, spec.version, sha, cache)
+    return _found(spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False)
+
+
+def _found(
+    spec: ComponentSpec, repository: str, version: str | None, sha: str | None, path: Path, dirty: bool
+) -> ResolvedComponent:
+    if not (path / "MLproject").is_file():
+        where = f"{repository}" + (f" at {version}" if version else "")
+        raise RepriseError(
+            f"Component {spec.name} is not in {where} (no {path.name}/MLproject there).",
+            "check components.repository (add '#subdir' if the components sit in a subfolder) "
+            "and the version.",
+        )
+    return ResolvedComponent(spec.name, repository, version, sha, path, spec.env_manager, dirty)

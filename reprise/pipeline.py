@@ -1,0 +1,352 @@
+"""The orchestrator: one parent MLflow run, one child run per step, artifact URIs and digests
+passed from step to step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.projects import ExecutionException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from reprise import paths
+from reprise.components import ComponentSpec, ResolvedComponent, resolve
+from reprise.errors import RepriseError
+
+log = logging.getLogger(__name__)
+
+STEPS = (
+    "get_data",
+    "basic_cleaning",
+    "data_check",
+    "train_val_test_split",
+    "train_model",
+    "test_model",
+)
+ENV_MANAGERS = ("local", "uv", "virtualenv")
+# Tags a component sets on its run for each output (see step_kit/step.py).
+OUTPUT_TAG = "reprise.output.{name}"
+OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
+STEP_TAG = "reprise.step"
+
+
+def select_steps(spec: str) -> list[str]:
+    """``all`` or a comma-separated list of step names, in pipeline order."""
+    wanted = [s.strip() for s in str(spec).split(",") if s.strip()]
+    if not wanted or wanted == ["all"]:
+        return list(STEPS)
+    unknown = [s for s in wanted if s not in STEPS]
+    if unknown:
+        raise RepriseError(
+            f"Unknown step(s) {', '.join(unknown)}.",
+            f"choose from: all, {', '.join(STEPS)} (comma-separated).",
+        )
+    return [s for s in STEPS if s in wanted]
+
+
+def component_specs(cfg: DictConfig, steps: list[str]) -> dict[str, ComponentSpec]:
+    """Repository, version and environment manager of each step: shared defaults, then the
+    step's own overrides from ``components.overrides.<step>``."""
+    shared = cfg.components
+    overrides = shared.get("overrides") or {}
+    unknown = sorted(set(overrides) - set(STEPS))
+    if unknown:
+        raise RepriseError(
+            f"components.overrides names unknown step(s) {unknown}.",
+            f"override only {', '.join(STEPS)}.",
+        )
+    specs = {}
+    for step in steps:
+        own = overrides.get(step) or {}
+        version = own.get("version", shared.version)
+        env_manager = own.get("env_manager", shared.env_manager)
+        if env_manager not in ENV_MANAGERS:
+            raise RepriseError(
+                f"Environment manager '{env_manager}' of step {step} is not known.",
+                f"use one of {', '.join(ENV_MANAGERS)}.",
+            )
+        specs[step] = ComponentSpec(
+            name=step,
+            repository=str(own.get("repository", shared.repository)),
+            version=None if version is None else str(version),
+            env_manager=env_manager,
+        )
+    return specs
+
+
+@dataclass
+class Outputs:
+    """Outputs (URI, sha256) of the steps, from this pipeline run or, for a step not selected,
+    from its latest finished run in the experiment."""
+
+    experiment_id: str
+    client: MlflowClient
+    produced: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+
+    def add(self, step: str, run_id: str) -> None:
+        tags = self.client.get_run(run_id).data.tags
+        self.produced[step] = _outputs_from_tags(tags)
+        self.produced[step]["_run_id"] = (run_id, "")
+
+    def get(self, step: str, name: str, optional: bool = False) -> tuple[str, str]:
+        if step not in self.produced:
+            self._load_latest(step)
+        found = self.produced[step].get(name)
+        if found is None:
+            if optional:
+                return "", ""
+            raise RepriseError(
+                f"Step {step} (run {self.produced[step]['_run_id'][0]}) has no output '{name}'.",
+                f"run {step} again with the current components.",
+            )
+        return found
+
+    def _load_latest(self, step: str) -> None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise RepriseError(
+                f"The selected steps need the outputs of step {step}, which has no finished run "
+                f"in experiment {self.experiment_id}.",
+                f"add {step} to main.steps (or run the whole pipeline once).",
+            )
+        log.info("outputs of %s taken from its latest finished run %s", step, runs[0].info.run_id)
+        self.add(step, runs[0].info.run_id)
+
+
+def _outputs_from_tags(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
+    prefix = OUTPUT_TAG.format(name="")
+    outputs = {}
+    for key, value in tags.items():
+        if key.startswith(prefix) and not key.endswith(".sha256"):
+            name = key.removeprefix(prefix)
+            outputs[name] = (value, tags.get(OUTPUT_DIGEST_TAG.format(name=name), ""))
+    return outputs
+
+
+def _json(node: Any) -> str:
+    return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
+
+
+# Each step's parameters: only its own slice of the config, plus the outputs it consumes.
+ParamBuilder = Callable[[DictConfig, Outputs], dict[str, Any]]
+
+
+def _get_data(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    return {"sample": cfg.etl.sample, "reference": cfg.etl.reference or "", "timeout": cfg.etl.timeout}
+
+
+def _basic_cleaning(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    uri, sha = out.get("get_data", "raw_data")
+    return {
+        "input_artifact": uri,
+        "input_sha256": sha,
+        "schema": _json(cfg.data),
+        "missing_token": cfg.etl.missing_token,
+        "ranges": _json(cfg.etl.ranges),
+    }
+
+
+def _data_check(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    uri, sha = out.get("basic_cleaning", "clean_data")
+    ref_uri, ref_sha = out.get("get_data", "reference_data", optional=True)
+    return {
+        "input_artifact": uri,
+        "input_sha256": sha,
+        "reference_artifact": ref_uri,
+        "reference_sha256": ref_sha,
+        "schema": _json(cfg.data),
+        "checks": _json(cfg.data_check),
+        "missing_token": cfg.etl.missing_token,
+    }
+
+
+def _split(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    uri, sha = out.get("basic_cleaning", "clean_data")
+    out.get("data_check", "data_check_report")  # a split only follows a passed data check
+    return {
+        "input_artifact": uri,
+        "input_sha256": sha,
+        "target": cfg.data.target,
+        "val_size": cfg.split.val_size,
+        "test_size": cfg.split.test_size,
+        "random_seed": cfg.split.random_seed,
+    }
+
+
+def _train_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    train_uri, train_sha = out.get("train_val_test_split", "train_data")
+    val_uri, val_sha = out.get("train_val_test_split", "val_data")
+    return {
+        "train_artifact": train_uri,
+        "train_sha256": train_sha,
+        "val_artifact": val_uri,
+        "val_sha256": val_sha,
+        "schema": _json(cfg.data),
+        "hyperparameters": _json(cfg.model.hyperparameters),
+    }
+
+
+def _test_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
+    model_uri, _ = out.get("train_model", "model")
+    test_uri, test_sha = out.get("train_val_test_split", "test_data")
+    return {
+        "model": model_uri,
+        "test_artifact": test_uri,
+        "test_sha256": test_sha,
+        "schema": _json(cfg.data),
+        "registered_model_name": cfg.main.registered_model_name or "",
+    }
+
+
+PARAMS: dict[str, ParamBuilder] = {
+    "get_data": _get_data,
+    "basic_cleaning": _basic_cleaning,
+    "data_check": _data_check,
+    "train_val_test_split": _split,
+    "train_model": _train_model,
+    "test_model": _test_model,
+}
+
+
+def check_tracking_uri() -> None:
+    """Refuse a relative sqlite URI: each step runs in its own folder and would open another file."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise RepriseError(
+            f"The MLflow tracking URI {uri} is a relative path, which every step would resolve "
+            "in its own folder.",
+            "export MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db (an absolute path), or use make run.",
+        )
+
+
+def configure_child_environment(cfg: DictConfig, pipeline_run_id: str) -> None:
+    """Environment every step inherits: W&B mode, folder, project and group; bytecode for uv."""
+    mode = cfg.main.wandb.mode
+    if mode == "auto":
+        os.environ.setdefault(
+            "WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        )
+    else:
+        os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_DIR", str(paths.state_dir()))
+    os.environ["WANDB_PROJECT"] = cfg.main.wandb.project
+    os.environ["REPRISE_PIPELINE_RUN_ID"] = pipeline_run_id
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # Without bytecode an uv environment spends seconds compiling at every import of mlflow.
+    os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+
+
+@dataclass
+class StepResult:
+    step: str
+    run_id: str
+    status: str
+    seconds: float
+    component: ResolvedComponent
+
+
+def run_pipeline(cfg: DictConfig) -> list[StepResult]:
+    """Check everything that can be checked up front, then run the selected steps in order."""
+    check_tracking_uri()
+    steps = select_steps(cfg.main.steps)
+    specs = component_specs(cfg, steps)
+    # Resolve every component before any step runs: a bad tag or URI fails in seconds.
+    components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
+    client = MlflowClient()
+    results: list[StepResult] = []
+    with mlflow.start_run() as parent:
+        parent_id = parent.info.run_id
+        mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
+        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        configure_child_environment(cfg, parent_id)
+        outputs = Outputs(parent.info.experiment_id, client)
+        try:
+            for step in steps:
+                result = _run_step(step, components[step], PARAMS[step](cfg, outputs), parent, client)
+                results.append(result)
+                if result.status != "FINISHED":
+                    raise RepriseError(
+                        f"Step {step} failed (MLflow run {result.run_id}); no later step ran.",
+                        "read the step's ERROR line above, correct the cause, and run again.",
+                    )
+                outputs.add(step, result.run_id)
+        finally:
+            _fail_running_children(client, parent.info.experiment_id, parent_id)
+            _log_summary(results)
+    return results
+
+
+def _run_step(
+    step: str, component: ResolvedComponent, params: dict[str, Any], parent: Any, client: MlflowClient
+) -> StepResult:
+    where = component.repository + (f"@{component.version}" if component.version else " (local)")
+    log.info("step %s: %s (commit %s, env %s)", step, where, component.sha, component.env_manager)
+    start = time.monotonic()
+    run_id, status = "", "FAILED"
+    try:
+        submitted = mlflow.projects.run(
+            uri=str(component.path),
+            entry_point="main",
+            parameters=params,
+            experiment_id=parent.info.experiment_id,
+            env_manager=component.env_manager,
+            run_name=step,
+            synchronous=True,
+        )
+        run_id, status = submitted.run_id, "FINISHED"
+    except (ExecutionException, MlflowException) as err:
+        log.error("step %s: %s", step, str(err).splitlines()[0])
+        run_id = _latest_child(client, parent, step)
+    seconds = time.monotonic() - start
+    if run_id:
+        for key, value in {
+            "repository": component.repository,
+            "version": component.version or "",
+            "sha": component.sha or "",
+            "dirty": str(component.dirty).lower(),
+            "env_manager": component.env_manager,
+        }.items():
+            client.set_tag(run_id, f"reprise.component.{key}", value)
+    mlflow.set_tag(f"reprise.component.{step}.sha", component.sha or "")
+    mlflow.log_metric(f"seconds.{step}", seconds)
+    return StepResult(step, run_id, status, seconds, component)
+
+
+def _latest_child(client: MlflowClient, parent: Any, step: str) -> str:
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+        f"and tags.`mlflow.runName` = '{step}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
+
+
+def _fail_running_children(client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+    """MLflow leaves a run RUNNING when its environment cannot be made; end those as FAILED."""
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'",
+    ):
+        log.warning("run %s was left RUNNING by MLflow; marked FAILED", run.info.run_id)
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
+def _log_summary(results: list[StepResult]) -> None:
+    for r in results:
+        log.info("%-22s %-8s %6.1f s  run %s  commit %s", r.step, r.status, r.seconds, r.run_id,
+                 (r.component.sha or "-")[:12])

@@ -1,0 +1,39 @@
+"""The tracking store: MLFLOW_TRACKING_URI when set, else the embedded sqlite store."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from reprise import paths
+
+DEFAULT_EXPERIMENT = "reprise"
+
+
+def use_defaults() -> str:
+    """Point MLflow (and every process started from here) at the store; return the experiment id.
+
+    MLFLOW_TRACKING_URI, when set, is used as it is (a shared server, say). Otherwise the store is
+    sqlite in the state folder with artifacts beside it, both given as absolute paths, since each
+    step runs in a folder of its own.
+    """
+    state = paths.state_dir()
+    os.environ.setdefault("REPRISE_STATE_DIR", str(state))
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    if local:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{state / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (state / "mlartifacts").as_uri() if local else None
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+def ui_command() -> str:
+    """The command that shows this store in the MLflow UI."""
+    return f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}"
