@@ -8,7 +8,7 @@ from mlflow.models import infer_signature
 from step_kit import Schema, Step
 from step_kit.cli import json_param, parse_args
 from step_kit.metrics import binary_scores
-from training import SKOPS_TRUSTED_TYPES, fit
+from training import SKOPS_TRUSTED_TYPES, fit, pinned_requirements
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +35,7 @@ def main() -> None:
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             signature=infer_signature(example, model.predict(example)),
             input_example=example,
+            pip_requirements=pinned_requirements(),
         )
         step.record_output("model", info.model_uri)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,14 @@ from step_kit import Schema, StepError
 # Types outside skops' default trust list that the fitted pipeline contains; declared so the
 # model loads without pickle and without trusting anything else.
 SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree", "numpy.dtype"]
+# What loading the model needs. Stated, not inferred: MLflow's inference loads the model in a
+# subprocess (seconds) and picks up whatever else happens to be imported.
+MODEL_REQUIREMENTS = ("mlflow", "numpy", "pandas", "scikit-learn", "scipy", "skops")
+
+
+def pinned_requirements() -> list[str]:
+    """MODEL_REQUIREMENTS pinned to the versions installed here."""
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 
 
 def build_pipeline(schema: Schema, hyperparameters: dict[str, Any]) -> Pipeline:

@@ -1,0 +1,63 @@
+# Reprise: every command of the README. `make` alone lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON_SYSTEM ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.synced
+COMPONENTS := get_data basic_cleaning data_check train_val_test_split train_model test_model
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+STEPS ?= all
+OVERRIDES ?=
+
+.PHONY: help setup run test test-fast lint format lock clean
+
+help: ## List the commands
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON_SYSTEM) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python $(PYTHON_SYSTEM)
+	@touch $@
+
+setup: $(STAMP) ## Make the pinned environment (.venv) from uv.lock; does nothing when it is current
+
+run: setup ## Run the whole pipeline on the bundled data (STEPS=..., OVERRIDES="key=value ...")
+	$(PY) -m reprise run --steps $(STEPS) $(OVERRIDES)
+
+test: setup ## Run every test, the slow end-to-end ones included
+	$(PY) -m pytest
+
+test-fast: setup ## Run the tests without the slow end-to-end ones
+	$(PY) -m pytest -m "not e2e"
+
+lint: setup ## Check style and common mistakes (ruff)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## Rewrite the code in the project's style (ruff)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lock: $(UV) ## Re-resolve uv.lock and every requirements.txt after a change of pins
+	$(UV) lock
+	$(UV) export --frozen --no-hashes --no-dev --no-emit-project -q -o $(TOOLS)/constraints.txt
+	for dir in project $(addprefix components-repo/,$(COMPONENTS)); do \
+	  (cd $$dir && $(CURDIR)/$(UV) pip compile -q requirements.in -c $(CURDIR)/$(TOOLS)/constraints.txt \
+	    -o requirements.txt --python-version 3.11 --no-header --no-annotate) || exit 1; \
+	done
+
+clean: ## Remove local run state (MLflow store, artifacts, W&B offline runs, outputs) and caches
+	rm -rf mlflow.db mlartifacts mlruns wandb outputs multirun .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
