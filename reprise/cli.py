@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,10 +40,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_name="pipeline",
         )
     except ExecutionException as err:
-        log.error("pipeline failed (%s); the cause is the ERROR line above.", str(err).splitlines()[0])
+        log.error("%s", _failure_line(str(err)))
         return 1
     _print_summary(submitted.run_id)
     return 0
+
+
+def _failure_line(message: str) -> str:
+    """The pipeline run's recorded cause (tag reprise.error), else a pointer to the log."""
+    from mlflow.tracking import MlflowClient
+
+    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", message)
+    cause = MlflowClient().get_run(match.group(1)).data.tags.get("reprise.error") if match else None
+    if cause:
+        return f"pipeline failed: {cause}"
+    return f"pipeline failed ({message.splitlines()[0]}); the cause is the error above."
 
 
 def _print_summary(parent_id: str) -> None:

@@ -36,6 +36,7 @@ ENV_MANAGERS = ("local", "uv", "virtualenv")
 OUTPUT_TAG = "reprise.output.{name}"
 OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
 STEP_TAG = "reprise.step"
+ERROR_TAG = "reprise.error"
 
 
 def select_steps(spec: str) -> list[str]:
@@ -53,8 +54,8 @@ def select_steps(spec: str) -> list[str]:
 
 
 def component_specs(cfg: DictConfig, steps: list[str]) -> dict[str, ComponentSpec]:
-    """Repository, version and environment manager of each step: shared defaults, then the
-    step's own overrides from ``components.overrides.<step>``."""
+    """Repository, version and environment manager of each step: the shared values, except where
+    ``components.overrides.<step>`` sets its own (null inherits)."""
     shared = cfg.components
     overrides = shared.get("overrides") or {}
     unknown = sorted(set(overrides) - set(STEPS))
@@ -65,7 +66,7 @@ def component_specs(cfg: DictConfig, steps: list[str]) -> dict[str, ComponentSpe
         )
     specs = {}
     for step in steps:
-        own = overrides.get(step) or {}
+        own = {k: v for k, v in (overrides.get(step) or {}).items() if v is not None}
         version = own.get("version", shared.version)
         env_manager = own.get("env_manager", shared.env_manager)
         if env_manager not in ENV_MANAGERS:
@@ -256,35 +257,41 @@ class StepResult:
     status: str
     seconds: float
     component: ResolvedComponent
+    error: str = ""
 
 
 def run_pipeline(cfg: DictConfig) -> list[StepResult]:
-    """Check everything that can be checked up front, then run the selected steps in order."""
+    """Check everything that can be checked up front, then run the selected steps in order.
+
+    Every failure is a RepriseError, also recorded on the pipeline run (tag reprise.error).
+    """
     check_tracking_uri()
-    steps = select_steps(cfg.main.steps)
-    specs = component_specs(cfg, steps)
-    # Resolve every component before any step runs: a bad tag or URI fails in seconds.
-    components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
     client = MlflowClient()
     results: list[StepResult] = []
     with mlflow.start_run() as parent:
-        parent_id = parent.info.run_id
-        mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
-        mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-        configure_child_environment(cfg, parent_id)
-        outputs = Outputs(parent.info.experiment_id, client)
         try:
+            steps = select_steps(cfg.main.steps)
+            specs = component_specs(cfg, steps)
+            mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            # Resolve every component before any step runs: a bad tag or URI fails in seconds.
+            components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
+            configure_child_environment(cfg, parent.info.run_id)
+            outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
                 result = _run_step(step, components[step], PARAMS[step](cfg, outputs), parent, client)
                 results.append(result)
                 if result.status != "FINISHED":
                     raise RepriseError(
-                        f"Step {step} failed (MLflow run {result.run_id}); no later step ran.",
-                        "read the step's ERROR line above, correct the cause, and run again.",
+                        f"Step {step} failed (MLflow run {result.run_id}); no later step ran. "
+                        f"Its cause: {result.error or 'see the step log above.'}"
                     )
                 outputs.add(step, result.run_id)
+        except RepriseError as err:
+            mlflow.set_tag(ERROR_TAG, str(err)[:5000])
+            raise
         finally:
-            _fail_running_children(client, parent.info.experiment_id, parent_id)
+            _fail_running_children(client, parent.info.experiment_id, parent.info.run_id)
             _log_summary(results)
     return results
 
@@ -322,7 +329,8 @@ def _run_step(
             client.set_tag(run_id, f"reprise.component.{key}", value)
     mlflow.set_tag(f"reprise.component.{step}.sha", component.sha or "")
     mlflow.log_metric(f"seconds.{step}", seconds)
-    return StepResult(step, run_id, status, seconds, component)
+    error = client.get_run(run_id).data.tags.get(ERROR_TAG, "") if run_id else ""
+    return StepResult(step, run_id, status, seconds, component, error)
 
 
 def _latest_child(client: MlflowClient, parent: Any, step: str) -> str:

@@ -17,7 +17,7 @@ def main() -> None:
             if not source:
                 continue
             path = fetch(source, step.workdir / name, args.timeout)
-            frame = read_table(path)  # proves the file is readable before anyone relies on it
+            frame = read_table(path, name=source)  # readable before anyone relies on it
             step.log_metrics({f"{name}.rows": len(frame), f"{name}.columns": frame.shape[1]})
             step.output_file(name, path)
 

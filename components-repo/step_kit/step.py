@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 OUTPUT_TAG = "reprise.output.{name}"
 OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
 STEP_TAG = "reprise.step"
+# The one-line cause of a failed step, for the orchestrator to repeat.
+ERROR_TAG = "reprise.error"
 # Set by the orchestrator so every step of one pipeline run lands in one W&B group.
 GROUP_ENV = "REPRISE_PIPELINE_RUN_ID"
 
@@ -61,6 +63,7 @@ class Step:
         run = mlflow.start_run()  # resumes the run that `mlflow run` made (MLFLOW_RUN_ID)
         self.run_id = run.info.run_id
         mlflow.set_tag(STEP_TAG, self.name)
+        mlflow.set_tag("reprise.python", sys.executable)
         self._wandb = self._start_wandb()
         log.info("step %s: MLflow run %s", self.name, self.run_id)
         return self
@@ -74,8 +77,10 @@ class Step:
         failed = exc_type is not None
         if isinstance(exc, StepError):
             log.error("step %s failed: %s", self.name, exc)
+            mlflow.set_tag(ERROR_TAG, str(exc)[:5000])
         elif failed and not isinstance(exc, SystemExit):
             log.exception("step %s failed with an unexpected error (a bug: please report it)", self.name)
+            mlflow.set_tag(ERROR_TAG, f"unexpected {type(exc).__name__}: {exc}"[:5000])
         if self._wandb is not None:
             self._wandb.finish(exit_code=1 if failed else 0)
         mlflow.end_run("FAILED" if failed else "FINISHED")

@@ -32,11 +32,13 @@ def table_suffix(name: str) -> str:
     )
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a Parquet or CSV file, turning a missing or corrupt file into a StepError."""
+def read_table(path: str | Path, name: str = "") -> pd.DataFrame:
+    """Read a Parquet or CSV file, turning a missing or corrupt file into a StepError that names
+    the file as the user knows it (``name``, else the path)."""
     path = Path(path)
+    name = name or str(path)
     if not path.is_file():
-        raise StepError(f"Data file {path} does not exist.", "check the path or sample name.")
+        raise StepError(f"Data file {name} does not exist.", "check the path or sample name.")
     suffix = table_suffix(path.name)
     try:
         if suffix == ".parquet":
@@ -45,6 +47,6 @@ def read_table(path: str | Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pyarrow and the csv parser raise many types for a bad file
         raise StepError(
-            f"Data file {path} cannot be read as {suffix[1:]}: {type(err).__name__}: {err}".strip(),
+            f"Data file {name} cannot be read as {suffix[1:]}: {type(err).__name__}: {err}".strip(),
             "replace the file with an intact copy (compare its sha256 with DATA.md).",
         ) from None
