@@ -61,6 +61,9 @@ def check_ranges(frame: pd.DataFrame, ranges: dict[str, list[float]]) -> CheckRe
             problems.append(f"'{column}' is not a column")
             continue
         values = frame[column].dropna()
+        if not pd.api.types.is_numeric_dtype(values):
+            problems.append(f"'{column}' is {values.dtype}, not a number")
+            continue
         outside = values[(values < low) | (values > high)]
         if len(outside):
             problems.append(
@@ -104,6 +107,10 @@ def check_drift(
     categorical = [c for c in schema.categorical if c in frame and c in reference]
     tests = max(len(numeric) + len(categorical), 1)
     for column in numeric:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            detail = f"not tested: '{column}' is {frame[column].dtype}, not a number"
+            results.append(CheckResult(f"drift.{column}", False, detail))
+            continue
         current, ref = frame[column].dropna(), pd.to_numeric(reference[column], errors="coerce").dropna()
         p_value = float(stats.ks_2samp(current, ref).pvalue)
         ok = p_value >= ks_alpha / tests
