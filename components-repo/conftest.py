@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+
 from step_kit import Schema
 
 COMPONENTS = Path(__file__).resolve().parent

@@ -71,13 +71,17 @@ def _print_summary(parent_id: str) -> None:
         order_by=["attributes.start_time ASC"],
     )
     _out()
-    _out(f"Pipeline run {parent_id} ({parent.info.status}) in experiment {parent.info.experiment_id}")
+    _out(
+        f"Pipeline run {parent_id} ({parent.info.status}) in experiment {parent.info.experiment_id}"
+    )
     for child in children:
         seconds = (child.info.end_time - child.info.start_time) / 1000 if child.info.end_time else 0
         tags = child.data.tags
         sha = tags.get("reprise.component.sha", "")[:12] or "-"
-        _out(f"  {tags.get('mlflow.runName', '?'):<22} {child.info.status:<9} {seconds:6.1f} s  "
-             f"run {child.info.run_id}  commit {sha}")
+        _out(
+            f"  {tags.get('mlflow.runName', '?'):<22} {child.info.status:<9} {seconds:6.1f} s  "
+            f"run {child.info.run_id}  commit {sha}"
+        )
         for key, value in sorted(child.data.metrics.items()):
             if key.startswith(("val.", "test.")):
                 _out(f"      {key} = {value:.4f}")
@@ -93,14 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline on the embedded defaults")
     run.add_argument("--steps", default="all", help="comma-separated steps, or all")
-    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet")
+    run.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet"
+    )
     run.set_defaults(handler=cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -186,11 +186,18 @@ def resolve(spec: ComponentSpec, base_dir: Path, cache: Path) -> ResolvedCompone
         )
     sha = resolve_version(repository, spec.version)
     work_tree = checkout(repository, spec.version, sha, cache)
-    return _found(spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False)
+    return _found(
+        spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False
+    )
 
 
 def _found(
-    spec: ComponentSpec, repository: str, version: str | None, sha: str | None, path: Path, dirty: bool
+    spec: ComponentSpec,
+    repository: str,
+    version: str | None,
+    sha: str | None,
+    path: Path,
+    dirty: bool,
 ) -> ResolvedComponent:
     if not (path / "MLproject").is_file():
         where = f"{repository}" + (f" at {version}" if version else "")

@@ -146,7 +146,11 @@ ParamBuilder = Callable[[DictConfig, Outputs], dict[str, Any]]
 
 
 def _get_data(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {"sample": cfg.etl.sample, "reference": cfg.etl.reference or "", "timeout": cfg.etl.timeout}
+    return {
+        "sample": cfg.etl.sample,
+        "reference": cfg.etl.reference or "",
+        "timeout": cfg.etl.timeout,
+    }
 
 
 def _basic_cleaning(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
@@ -279,7 +283,9 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
             configure_child_environment(cfg, parent.info.run_id)
             outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
-                result = _run_step(step, components[step], PARAMS[step](cfg, outputs), parent, client)
+                result = _run_step(
+                    step, components[step], PARAMS[step](cfg, outputs), parent, client
+                )
                 results.append(result)
                 if result.status != "FINISHED":
                     raise RepriseError(
@@ -297,7 +303,11 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
 
 
 def _run_step(
-    step: str, component: ResolvedComponent, params: dict[str, Any], parent: Any, client: MlflowClient
+    step: str,
+    component: ResolvedComponent,
+    params: dict[str, Any],
+    parent: Any,
+    client: MlflowClient,
 ) -> StepResult:
     where = component.repository + (f"@{component.version}" if component.version else " (local)")
     log.info("step %s: %s (commit %s, env %s)", step, where, component.sha, component.env_manager)
@@ -356,5 +366,11 @@ def _fail_running_children(client: MlflowClient, experiment_id: str, parent_id: 
 
 def _log_summary(results: list[StepResult]) -> None:
     for r in results:
-        log.info("%-22s %-8s %6.1f s  run %s  commit %s", r.step, r.status, r.seconds, r.run_id,
-                 (r.component.sha or "-")[:12])
+        log.info(
+            "%-22s %-8s %6.1f s  run %s  commit %s",
+            r.step,
+            r.status,
+            r.seconds,
+            r.run_id,
+            (r.component.sha or "-")[:12],
+        )

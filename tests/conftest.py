@@ -52,8 +52,15 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     port = free_port()
     process = subprocess.Popen(
         [
-            "git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
-            f"--base-path={base}", "--listen=127.0.0.1", f"--port={port}", str(base),
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            f"--base-path={base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -88,14 +95,14 @@ class ComponentsRemote:
 
 def _copy_components(dest: Path) -> None:
     shutil.copytree(
-        COMPONENTS, dest, symlinks=True,
+        COMPONENTS,
+        dest,
+        symlinks=True,
         ignore=shutil.ignore_patterns("__pycache__", "tests", "*.pyc", "wandb", "mlruns"),
     )
 
 
-def publish_components(
-    server: GitServer, name: str, markers: dict[str, str]
-) -> ComponentsRemote:
+def publish_components(server: GitServer, name: str, markers: dict[str, str]) -> ComponentsRemote:
     """Push the components repository to ``server`` as ``name``.git, one commit and tag per
     entry of ``markers``, each tag's step_kit setting run tag reprise.test.marker to its value."""
     work = server.base.parent / f"{name}-work"
@@ -140,7 +147,8 @@ class Workspace:
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_"))
     }
     env.update(
@@ -154,9 +162,15 @@ def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path, env)
 
 
-def run_reprise(workspace: Workspace, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_reprise(
+    workspace: Workspace, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """``python -m reprise run ARGS`` as a user types it, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "reprise", "run", *args],
-        cwd=ROOT, env=workspace.env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=workspace.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, git
 from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, git
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +19,8 @@ def test_make_run_in_a_fresh_clone(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     git("clone", "-q", str(ROOT), str(clone))
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_", "VIRTUAL_ENV"))
     }
     env["PATH"] = os.pathsep.join(

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, ComponentsRemote, Workspace, free_port, run_reprise
 from mlflow.tracking import MlflowClient
 
+from conftest import ROOT, ComponentsRemote, Workspace, free_port, run_reprise
 from reprise.pipeline import STEPS
 
 pytestmark = pytest.mark.e2e
@@ -49,8 +49,10 @@ def test_older_tag_runs_older_code_and_records_its_sha(
     workspace: Workspace, components_remote: ComponentsRemote
 ) -> None:
     result = run_reprise(
-        workspace, SMALL,
-        f"components.repository={components_remote.url}", "components.version=0.1.0",
+        workspace,
+        SMALL,
+        f"components.repository={components_remote.url}",
+        "components.version=0.1.0",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     children = steps_run(workspace)
@@ -79,8 +81,12 @@ def test_uv_environment_for_one_component(
     workspace: Workspace, components_remote: ComponentsRemote
 ) -> None:
     result = run_reprise(
-        workspace, "--steps", "get_data", SMALL,
-        f"components.repository={components_remote.url}", "components.version=0.2.0",
+        workspace,
+        "--steps",
+        "get_data",
+        SMALL,
+        f"components.repository={components_remote.url}",
+        "components.version=0.2.0",
         "components.overrides.get_data.env_manager=uv",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -100,11 +106,23 @@ def test_one_component_from_the_remote_with_mlflow_run(
     """The README's `mlflow run <git URI>#get_data -v <tag>`: a component stands alone."""
     result = subprocess.run(
         [
-            str(ROOT / ".venv" / "bin" / "mlflow"), "run", f"{components_remote.url}#get_data",
-            "-v", "0.1.0", "--env-manager", "local", "--experiment-name", "Default",
-            "-P", "sample=sample1.parquet",
+            str(ROOT / ".venv" / "bin" / "mlflow"),
+            "run",
+            f"{components_remote.url}#get_data",
+            "-v",
+            "0.1.0",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "Default",
+            "-P",
+            "sample=sample1.parquet",
         ],
-        cwd=workspace.path, env=workspace.env, capture_output=True, text=True, timeout=300,
+        cwd=workspace.path,
+        env=workspace.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
@@ -122,7 +140,9 @@ def test_unknown_tag_names_uri_and_existing_tags(
         workspace, f"components.repository={components_remote.url}", "components.version=9.9.9"
     )
     assert_failed_cleanly(
-        result, "Version '9.9.9' is neither a tag nor a branch of", components_remote.url,
+        result,
+        "Version '9.9.9' is neither a tag nor a branch of",
+        components_remote.url,
         "0.1.0, 0.2.0",
     )
     assert not steps_run(workspace)
@@ -186,8 +206,12 @@ def test_bare_repository_file_uri_is_fetched_not_corrupted(
     the orchestrator fetches it with git instead and leaves it intact."""
     uri = components_remote.bare.as_uri()
     result = run_reprise(
-        workspace, "--steps", "get_data", SMALL,
-        f"components.repository={uri}", "components.version=0.2.0",
+        workspace,
+        "--steps",
+        "get_data",
+        SMALL,
+        f"components.repository={uri}",
+        "components.version=0.2.0",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert not (components_remote.bare / ".git").exists()
@@ -198,7 +222,13 @@ def test_bare_repository_file_uri_is_fetched_not_corrupted(
 def test_relative_sqlite_uri_is_refused(workspace: Workspace) -> None:
     env = {**workspace.env, "MLFLOW_TRACKING_URI": "sqlite:///relative.db"}
     result = subprocess.run(
-        [sys.executable, "main.py"], cwd=ROOT / "project", env=env,
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "main.py"],
+        cwd=ROOT / "project",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert_failed_cleanly(result, "is a relative path", "MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db")
+    assert_failed_cleanly(
+        result, "is a relative path", "MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db"
+    )

@@ -14,7 +14,10 @@ def main() -> None:
     with Step("basic_cleaning", vars(args)) as step:
         raw = step.input_table(args.input_artifact, args.input_sha256)
         frame, counts = clean(
-            raw, Schema.from_json(args.schema), args.missing_token, json_param("ranges", args.ranges)
+            raw,
+            Schema.from_json(args.schema),
+            args.missing_token,
+            json_param("ranges", args.ranges),
         )
         step.log_metrics(counts)
         step.output_table("clean_data", frame, "clean_data.parquet")

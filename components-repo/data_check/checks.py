@@ -38,7 +38,9 @@ def check_schema(frame: pd.DataFrame, schema: Schema) -> CheckResult:
     for column in [*schema.categorical, schema.target]:
         if column in frame and not pd.api.types.is_string_dtype(frame[column]):
             problems.append(f"'{column}' is {frame[column].dtype}, expected text")
-    return CheckResult("schema", not problems, "; ".join(problems) or "columns and dtypes as expected")
+    return CheckResult(
+        "schema", not problems, "; ".join(problems) or "columns and dtypes as expected"
+    )
 
 
 def check_categories(frame: pd.DataFrame, schema: Schema) -> CheckResult:
@@ -111,13 +113,21 @@ def check_drift(
             detail = f"not tested: '{column}' is {frame[column].dtype}, not a number"
             results.append(CheckResult(f"drift.{column}", False, detail))
             continue
-        current, ref = frame[column].dropna(), pd.to_numeric(reference[column], errors="coerce").dropna()
+        current, ref = (
+            frame[column].dropna(),
+            pd.to_numeric(reference[column], errors="coerce").dropna(),
+        )
         p_value = float(stats.ks_2samp(current, ref).pvalue)
         ok = p_value >= ks_alpha / tests
-        results.append(CheckResult(f"drift.{column}", ok, f"KS p={p_value:.3g}, alpha={ks_alpha}/{tests}"))
+        results.append(
+            CheckResult(f"drift.{column}", ok, f"KS p={p_value:.3g}, alpha={ks_alpha}/{tests}")
+        )
     for column in categorical:
         counts = pd.concat(
-            {"current": frame[column].value_counts(), "reference": reference[column].value_counts()},
+            {
+                "current": frame[column].value_counts(),
+                "reference": reference[column].value_counts(),
+            },
             axis=1,
         ).fillna(0)
         if len(counts) < 2:
@@ -126,7 +136,9 @@ def check_drift(
         p_value = float(stats.chi2_contingency(counts.to_numpy()).pvalue)
         ok = p_value >= chi2_alpha / tests
         results.append(
-            CheckResult(f"drift.{column}", ok, f"chi-square p={p_value:.3g}, alpha={chi2_alpha}/{tests}")
+            CheckResult(
+                f"drift.{column}", ok, f"chi-square p={p_value:.3g}, alpha={chi2_alpha}/{tests}"
+            )
         )
     return results
 

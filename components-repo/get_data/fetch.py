@@ -23,7 +23,10 @@ def fetch(source: str, dest_dir: Path, timeout: float = 60.0) -> Path:
     """Return a local file for ``source``: copied from a bundled sample or path, or downloaded."""
     source = source.strip()
     if not source:
-        raise StepError("No data source given.", f"name a bundled sample ({', '.join(bundled_samples())}), a path or a URL.")
+        raise StepError(
+            "No data source given.",
+            f"name a bundled sample ({', '.join(bundled_samples())}), a path or a URL.",
+        )
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in ("http", "https", "file"):
         return _download(source, dest_dir, timeout)

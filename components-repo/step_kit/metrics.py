@@ -6,7 +6,9 @@ import numpy as np
 from sklearn import metrics
 
 
-def binary_scores(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_scores(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
     """ROC AUC, average precision, F1 and accuracy of positive-class probabilities.
 
     A row is predicted positive when its probability exceeds the threshold: at 0.5 these are the

@@ -41,7 +41,9 @@ def configure_logging() -> None:
 
 def wandb_mode() -> str:
     """W&B mode: WANDB_MODE if set, else online with an API key and offline without one."""
-    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return os.environ.get("WANDB_MODE") or (
+        "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    )
 
 
 class Step:
@@ -79,7 +81,9 @@ class Step:
             log.error("step %s failed: %s", self.name, exc)
             mlflow.set_tag(ERROR_TAG, str(exc)[:5000])
         elif failed and not isinstance(exc, SystemExit):
-            log.exception("step %s failed with an unexpected error (a bug: please report it)", self.name)
+            log.exception(
+                "step %s failed with an unexpected error (a bug: please report it)", self.name
+            )
             mlflow.set_tag(ERROR_TAG, f"unexpected {type(exc).__name__}: {exc}"[:5000])
         if self._wandb is not None:
             self._wandb.finish(exit_code=1 if failed else 0)
@@ -108,8 +112,13 @@ class Step:
                 mode=mode,
                 dir=str(wandb_dir),
                 settings=wandb.Settings(
-                    silent=True, console="off", init_timeout=30, disable_git=True,
-                    save_code=False, x_disable_stats=True, x_disable_machine_info=True,
+                    silent=True,
+                    console="off",
+                    init_timeout=30,
+                    disable_git=True,
+                    save_code=False,
+                    x_disable_stats=True,
+                    x_disable_machine_info=True,
                 ),
             )
         except Exception as err:  # W&B is a mirror: it must never stop a step

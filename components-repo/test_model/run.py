@@ -26,9 +26,7 @@ def main() -> None:
         step.log_metrics(score(model, test, schema))
         if args.registered_model_name:
             version = mlflow.register_model(args.model, args.registered_model_name)
-            step.record_output(
-                "registered_model", f"models:/{version.name}/{version.version}"
-            )
+            step.record_output("registered_model", f"models:/{version.name}/{version.version}")
 
 
 if __name__ == "__main__":

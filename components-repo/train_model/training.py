@@ -44,9 +44,14 @@ def build_pipeline(schema: Schema, hyperparameters: dict[str, Any]) -> Pipeline:
         ]
     )
     preprocess = ColumnTransformer(
-        [("categorical", categorical, list(schema.categorical)), ("numeric", "passthrough", list(schema.numeric))]
+        [
+            ("categorical", categorical, list(schema.categorical)),
+            ("numeric", "passthrough", list(schema.numeric)),
+        ]
     )
-    return Pipeline([("preprocess", preprocess), ("classifier", DecisionTreeClassifier(**hyperparameters))])
+    return Pipeline(
+        [("preprocess", preprocess), ("classifier", DecisionTreeClassifier(**hyperparameters))]
+    )
 
 
 def fit(train: pd.DataFrame, schema: Schema, hyperparameters: dict[str, Any]) -> Pipeline:

@@ -13,7 +13,10 @@ def split(
 ) -> dict[str, pd.DataFrame]:
     """Stratified train/val/test tables; val_size and test_size are shares of all rows."""
     if target not in frame:
-        raise StepError(f"Target column '{target}' is not in the table.", "name the target of config group 'data'.")
+        raise StepError(
+            f"Target column '{target}' is not in the table.",
+            "name the target of config group 'data'.",
+        )
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise StepError(
             f"val_size={val_size} and test_size={test_size} leave no rows for training.",
@@ -25,5 +28,7 @@ def split(
     train, val = train_test_split(
         rest, test_size=val_size / (1 - test_size), stratify=rest[target], random_state=seed
     )
-    return {name: part.reset_index(drop=True) for name, part in
-            (("train", train), ("val", val), ("test", test))}
+    return {
+        name: part.reset_index(drop=True)
+        for name, part in (("train", train), ("val", val), ("test", test))
+    }

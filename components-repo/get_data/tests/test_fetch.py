@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fetch import BUNDLED_DIR, fetch
 from step_kit import StepError, read_table, sha256_file
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from evaluation import score
 from sklearn import metrics
 from sklearn.dummy import DummyClassifier
+
+from evaluation import score
 from step_kit import StepError
 
 

@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import sklearn
+
 from step_kit import StepError
 from step_kit.metrics import binary_scores
 from training import SKOPS_TRUSTED_TYPES, build_pipeline, fit, pinned_requirements
