@@ -53,7 +53,10 @@ def _download(url: str, dest_dir: Path, timeout: float) -> Path:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
             shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError, ValueError) as err:
+        target.unlink(missing_ok=True)  # never leave a partial file behind
         reason = getattr(err, "reason", err)
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
         raise StepError(
             f"Cannot download {url}: {reason}.",
             "check the URL and that the server is reachable from this machine.",

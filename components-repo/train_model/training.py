@@ -57,10 +57,13 @@ def build_pipeline(schema: Schema, hyperparameters: dict[str, Any]) -> Pipeline:
 def fit(train: pd.DataFrame, schema: Schema, hyperparameters: dict[str, Any]) -> Pipeline:
     """Build the pipeline and fit it on the train table."""
     features, target = schema.xy(train)
+    pipeline = build_pipeline(schema, hyperparameters)
     try:
-        return build_pipeline(schema, hyperparameters).fit(features, target)
+        # Checks the values of the hyperparameters (names were checked by build_pipeline).
+        pipeline.named_steps["classifier"]._validate_params()
     except (ValueError, TypeError) as err:
         raise StepError(
             f"The decision tree rejects its hyperparameters {hyperparameters}: {err}",
             "correct the values in config group 'model'.",
         ) from None
+    return pipeline.fit(features, target)

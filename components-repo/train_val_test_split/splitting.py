@@ -22,6 +22,13 @@ def split(
             f"val_size={val_size} and test_size={test_size} leave no rows for training.",
             "choose two shares above 0 whose sum is below 1.",
         )
+    smallest = frame[target].value_counts(dropna=False)
+    if smallest.min() < 3:
+        raise StepError(
+            f"Class {smallest.idxmin()!r} of '{target}' has {smallest.min()} row(s); a stratified "
+            "three-way split needs at least 3 of each class.",
+            "use more data (etl.sample) or drop that class in cleaning.",
+        )
     rest, test = train_test_split(
         frame, test_size=test_size, stratify=frame[target], random_state=seed
     )

@@ -153,7 +153,7 @@ def test_unreachable_url(closed_port, tmp_path):
 def test_http_not_found(http_root, tmp_path):
     base, _ = http_root
     url = f"{base}/absent.parquet"
-    with pytest.raises(StepError, match=re.escape(f"Cannot download {url}")):
+    with pytest.raises(StepError, match=re.escape(f"Cannot download {url}: HTTP 404")):
         fetch(url, tmp_path / "dest", timeout=10)
     assert not (tmp_path / "dest" / "absent.parquet").exists()
 

@@ -90,3 +90,10 @@ def test_missing_target(clean_full, schema):
     frame = clean_full.drop(columns=schema.target)
     with pytest.raises(StepError, match=f"Target column '{schema.target}' is not in the table"):
         split(frame, schema.target, 0.16, 0.2, 0)
+
+
+def test_a_class_too_small_to_stratify(clean_full, schema):
+    positive = clean_full[clean_full[schema.target].eq(schema.positive_class)]
+    frame = pd.concat([clean_full[~clean_full.index.isin(positive.index)], positive.head(2)])
+    with pytest.raises(StepError, match=r"Class '>50K' of 'income' has 2 row\(s\)"):
+        split(frame, schema.target, 0.16, 0.2, 0)
