@@ -21,7 +21,6 @@ def _out(line: str = "") -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the pipeline project with the local environment, then say where to look."""
-    import mlflow
     from mlflow.projects import ExecutionException
 
     from reprise import paths, tracking
@@ -31,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     try:
-        submitted = mlflow.projects.run(
+        submitted = tracking.run_project(
             str(paths.PROJECT_DIR),
             entry_point="main",
             parameters={"steps": args.steps, "hydra_options": " ".join(args.overrides)},

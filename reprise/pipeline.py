@@ -17,7 +17,7 @@ from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import paths
+from reprise import paths, tracking
 from reprise.components import ComponentSpec, ResolvedComponent, resolve
 from reprise.errors import RepriseError
 
@@ -314,8 +314,8 @@ def _run_step(
     start = time.monotonic()
     run_id, status = "", "FAILED"
     try:
-        submitted = mlflow.projects.run(
-            uri=str(component.path),
+        submitted = tracking.run_project(
+            str(component.path),
             entry_point="main",
             parameters=params,
             experiment_id=parent.info.experiment_id,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from typing import Any
 
 import mlflow
+import mlflow.projects
 from mlflow.tracking import MlflowClient
 
 from reprise import paths
@@ -37,3 +41,13 @@ def use_defaults() -> str:
 def ui_command() -> str:
     """The command that shows this store in the MLflow UI."""
     return f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}"
+
+
+def run_project(uri: str, **kwargs: Any) -> Any:
+    """``mlflow.projects.run`` that leaves no folder behind: MLflow makes a temporary folder per
+    run for downloads of 'path' parameters and never removes it."""
+    storage = tempfile.mkdtemp(prefix="reprise-mlflow-")
+    try:
+        return mlflow.projects.run(uri, storage_dir=storage, **kwargs)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
