@@ -14,6 +14,9 @@ log = logging.getLogger("reprise")
 
 @hydra.main(config_path="config", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # MLflow echoes each step's whole command line (JSON parameters included); the orchestrator
+    # logs one line per step instead, and every parameter is on the step's run.
+    logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
     try:
         run_pipeline(cfg)
     except RepriseError as err:
