@@ -110,6 +110,11 @@ class Outputs:
             )
         return found
 
+    def params(self, prefix: str, step: str, name: str, optional: bool = False) -> dict[str, str]:
+        """``{prefix}_artifact`` and ``{prefix}_sha256`` parameters for output ``name`` of step."""
+        uri, sha = self.get(step, name, optional)
+        return {f"{prefix}_artifact": uri, f"{prefix}_sha256": sha}
+
     def _load_latest(self, step: str) -> None:
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -154,10 +159,8 @@ def _get_data(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
 
 
 def _basic_cleaning(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    uri, sha = out.get("get_data", "raw_data")
     return {
-        "input_artifact": uri,
-        "input_sha256": sha,
+        **out.params("input", "get_data", "raw_data"),
         "schema": _json(cfg.data),
         "missing_token": cfg.etl.missing_token,
         "ranges": _json(cfg.etl.ranges),
@@ -165,13 +168,9 @@ def _basic_cleaning(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
 
 
 def _data_check(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    uri, sha = out.get("basic_cleaning", "clean_data")
-    ref_uri, ref_sha = out.get("get_data", "reference_data", optional=True)
     return {
-        "input_artifact": uri,
-        "input_sha256": sha,
-        "reference_artifact": ref_uri,
-        "reference_sha256": ref_sha,
+        **out.params("input", "basic_cleaning", "clean_data"),
+        **out.params("reference", "get_data", "reference_data", optional=True),
         "schema": _json(cfg.data),
         "checks": _json(cfg.data_check),
         "missing_token": cfg.etl.missing_token,
@@ -179,11 +178,9 @@ def _data_check(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
 
 
 def _split(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    uri, sha = out.get("basic_cleaning", "clean_data")
     out.get("data_check", "data_check_report")  # a split only follows a passed data check
     return {
-        "input_artifact": uri,
-        "input_sha256": sha,
+        **out.params("input", "basic_cleaning", "clean_data"),
         "target": cfg.data.target,
         "val_size": cfg.split.val_size,
         "test_size": cfg.split.test_size,
@@ -192,25 +189,18 @@ def _split(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
 
 
 def _train_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    train_uri, train_sha = out.get("train_val_test_split", "train_data")
-    val_uri, val_sha = out.get("train_val_test_split", "val_data")
     return {
-        "train_artifact": train_uri,
-        "train_sha256": train_sha,
-        "val_artifact": val_uri,
-        "val_sha256": val_sha,
+        **out.params("train", "train_val_test_split", "train_data"),
+        **out.params("val", "train_val_test_split", "val_data"),
         "schema": _json(cfg.data),
         "hyperparameters": _json(cfg.model.hyperparameters),
     }
 
 
 def _test_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    model_uri, _ = out.get("train_model", "model")
-    test_uri, test_sha = out.get("train_val_test_split", "test_data")
     return {
-        "model": model_uri,
-        "test_artifact": test_uri,
-        "test_sha256": test_sha,
+        "model": out.get("train_model", "model")[0],
+        **out.params("test", "train_val_test_split", "test_data"),
         "schema": _json(cfg.data),
         "registered_model_name": cfg.main.registered_model_name or "",
     }
