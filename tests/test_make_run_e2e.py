@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, git
+from support import ROOT, git
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, ComponentsRemote, Workspace, free_port, run_reprise
 from reprise.pipeline import STEPS
+from support import ROOT, ComponentsRemote, Workspace, free_port, run_reprise
 
 pytestmark = pytest.mark.e2e
 

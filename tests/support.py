@@ -1,0 +1,176 @@
+"""The platform tests' shared code: a real git server on 127.0.0.1 serving the components
+repository as a repository of its own, and an isolated tracking store per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPONENTS = ROOT / "components-repo"
+SERVER_START_TIMEOUT_S = 20
+# The line of step_kit that every component runs at start; the tags of the served repository
+# differ by what follows it, so a test can tell which tag's code ran.
+MARKER_ANCHOR = "        mlflow.set_tag(STEP_TAG, self.name)\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+
+
+@dataclass
+class GitServer:
+    """A git daemon serving the bare repositories under ``base`` at ``url``."""
+
+    base: Path
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    """``git daemon`` on 127.0.0.1, stopped by PID at the end of the session."""
+    base = tmp_path_factory.mktemp("git-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            f"--base-path={base}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"git daemon did not listen on 127.0.0.1:{port}")
+            time.sleep(0.1)
+    try:
+        yield GitServer(base, f"git://127.0.0.1:{port}", process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+@dataclass
+class ComponentsRemote:
+    """The components repository on the git server, with two tags whose code differs."""
+
+    url: str
+    bare: Path
+    tags: dict[str, str]  # tag -> commit SHA
+    markers: dict[str, str]  # tag -> marker value its code sets on every step's run
+
+
+def _copy_components(dest: Path) -> None:
+    shutil.copytree(
+        COMPONENTS,
+        dest,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "tests", "*.pyc", "wandb", "mlruns"),
+    )
+
+
+def publish_components(server: GitServer, name: str, markers: dict[str, str]) -> ComponentsRemote:
+    """Push the components repository to ``server`` as ``name``.git, one commit and tag per
+    entry of ``markers``, each tag's step_kit setting run tag reprise.test.marker to its value."""
+    work = server.base.parent / f"{name}-work"
+    _copy_components(work)
+    git("init", "-q", "-b", "main", cwd=work)
+    git("config", "user.email", "test@reprise.invalid", cwd=work)
+    git("config", "user.name", "Reprise tests", cwd=work)
+    step_py = work / "step_kit" / "step.py"
+    original = step_py.read_text()
+    assert MARKER_ANCHOR in original, "step_kit/step.py changed: update MARKER_ANCHOR"
+    tags = {}
+    for tag, marker in markers.items():
+        line = f'        mlflow.set_tag("reprise.test.marker", "{marker}")\n'
+        step_py.write_text(original.replace(MARKER_ANCHOR, MARKER_ANCHOR + line))
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", f"components {tag}", cwd=work)
+        git("tag", "-a", tag, "-m", f"components {tag}", cwd=work)
+        tags[tag] = git("rev-parse", "HEAD", cwd=work)
+    bare = server.base / f"{name}.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    return ComponentsRemote(f"{server.url}/{name}.git", bare, tags, dict(markers))
+
+
+@pytest.fixture(scope="session")
+def components_remote(git_server: GitServer) -> ComponentsRemote:
+    """components.git on the git server: tag 0.1.0 (marker "old") and 0.2.0 (marker "new")."""
+    return publish_components(git_server, "components", {"0.1.0": "old", "0.2.0": "new"})
+
+
+@dataclass
+class Workspace:
+    """An isolated tracking store, state folder and checkout cache; ``env`` for subprocesses."""
+
+    path: Path
+    env: dict[str, str]
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_"))
+    }
+    env.update(
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        MLFLOW_EXPERIMENT_NAME="reprise-test",
+        REPRISE_STATE_DIR=str(tmp_path),
+        REPRISE_CACHE_DIR=str(tmp_path / "cache"),
+        WANDB_MODE="offline",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return Workspace(tmp_path, env)
+
+
+def run_reprise(
+    workspace: Workspace, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """``python -m reprise run ARGS`` as a user types it, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "reprise", "run", *args],
+        cwd=ROOT,
+        env=workspace.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
