@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from reprise.errors import RepriseError
 from reprise.pipeline import run_pipeline
+from reprise.sweep import is_multirun
 
 log = logging.getLogger("reprise")
 
@@ -21,7 +22,8 @@ def main(cfg: DictConfig) -> None:
         run_pipeline(cfg)
     except RepriseError as err:
         log.error("pipeline failed: %s", err)
-        sys.exit(1)
+        if not is_multirun():  # in a sweep a failed point fails alone; the summary shows it
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def _print_summary(parent_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     from reprise import tracking
+    from reprise.pipeline import HEADLINE
 
     client = MlflowClient()
     parent = client.get_run(parent_id)
@@ -82,8 +83,10 @@ def _print_summary(parent_id: str) -> None:
             f"run {child.info.run_id}  commit {sha}"
         )
         for key, value in sorted(child.data.metrics.items()):
-            if key.startswith(("val.", "test.")):
+            if key.split(".", 1)[-1] in HEADLINE and key.startswith(("val.", "test.")):
                 _out(f"      {key} = {value:.4f}")
+            elif key == "threshold":
+                _out(f"      decision threshold = {value:.4f}")
         if model := tags.get("reprise.output.registered_model"):
             _out(f"      registered model: {model}")
     _out()

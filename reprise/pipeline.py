@@ -17,7 +17,7 @@ from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import paths, tracking
+from reprise import paths, sweep, tracking
 from reprise.components import ComponentSpec, ResolvedComponent, resolve
 from reprise.errors import RepriseError
 
@@ -193,15 +193,22 @@ def _train_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
         **out.params("train", "train_val_test_split", "train_data"),
         **out.params("val", "train_val_test_split", "val_data"),
         "schema": _json(cfg.data),
-        "hyperparameters": _json(cfg.model.hyperparameters),
+        "model_name": cfg.model.name,
+        "hyperparameters": json.dumps(
+            {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"},
+            sort_keys=True,
+        ),
+        "evaluation": _json(cfg.evaluation),
     }
 
 
 def _test_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
     return {
         "model": out.get("train_model", "model")[0],
+        "baselines": out.get("train_model", "baselines", optional=True)[0],
         **out.params("test", "train_val_test_split", "test_data"),
         "schema": _json(cfg.data),
+        "evaluation": _json(cfg.evaluation),
         "registered_model_name": cfg.main.registered_model_name or "",
     }
 
@@ -262,7 +269,7 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
     check_tracking_uri()
     client = MlflowClient()
     results: list[StepResult] = []
-    with mlflow.start_run() as parent:
+    with sweep.pipeline_run(cfg) as parent:
         try:
             steps = select_steps(cfg.main.steps)
             specs = component_specs(cfg, steps)
@@ -283,6 +290,7 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
                         f"Its cause: {result.error or 'see the step log above.'}"
                     )
                 outputs.add(step, result.run_id)
+                _copy_headline(client, result.run_id)
         except RepriseError as err:
             mlflow.set_tag(ERROR_TAG, str(err)[:5000])
             raise
@@ -331,6 +339,19 @@ def _run_step(
     mlflow.log_metric(f"seconds.{step}", seconds)
     error = client.get_run(run_id).data.tags.get(ERROR_TAG, "") if run_id else ""
     return StepResult(step, run_id, status, seconds, component, error)
+
+
+# Scores shown on the pipeline run itself, copied from its steps, so runs and sweep points compare
+# on one page.
+HEADLINE = ("roc_auc", "average_precision", "f1", "precision", "recall", "accuracy")
+
+
+def _copy_headline(client: MlflowClient, run_id: str) -> None:
+    metrics = client.get_run(run_id).data.metrics
+    keep = {f"{split}.{name}" for split in ("val", "test") for name in HEADLINE} | {"threshold"}
+    headline = {k: v for k, v in metrics.items() if k in keep}
+    if headline:
+        mlflow.log_metrics(headline)
 
 
 def _latest_child(client: MlflowClient, parent: Any, step: str) -> str:

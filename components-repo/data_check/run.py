@@ -1,6 +1,5 @@
 """data_check: run every data check, log the report, fail naming every failed check."""
 
-import json
 from pathlib import Path
 
 from checks import run_checks
@@ -21,9 +20,7 @@ def main() -> None:
             # The reference is raw: its missing-value token is not a category to compare.
             reference = reference.replace(args.missing_token, None)
         results = run_checks(frame, schema, json_param("checks", args.checks), reference)
-        report = step.workdir / "data_check_report.json"
-        report.write_text(json.dumps([r.as_dict() for r in results], indent=2))
-        step.output_file("data_check_report", report, artifact_type="report")
+        step.log_report("data_check_report", [r.as_dict() for r in results])
         failed = [r for r in results if not r.passed]
         step.log_metrics({"checks_run": len(results), "checks_failed": len(failed)})
         if failed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -157,7 +158,25 @@ class Step:
         if self._wandb is not None:
             self._wandb.log(metrics)
         for key, value in metrics.items():
-            log.info("%s: %s = %s", self.name, key, value)
+            log.debug("%s: %s = %s", self.name, key, value)
+        log.info("%s: logged %d metrics", self.name, len(metrics))
+
+    def log_figure(self, figure: Any, filename: str) -> None:
+        """Log a matplotlib figure as a PNG under plots/ in MLflow, and as an image in W&B."""
+        import matplotlib.pyplot as plt
+
+        mlflow.log_figure(figure, f"plots/{filename}")
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({f"plots/{Path(filename).stem}": wandb.Image(figure)})
+        plt.close(figure)
+
+    def log_report(self, name: str, report: Any) -> str:
+        """Write ``report`` as JSON and log it as output ``name``."""
+        path = self.workdir / f"{name}.json"
+        path.write_text(json.dumps(report, indent=2, default=str))
+        return self.output_file(name, path, artifact_type="report")
 
     def output_file(self, name: str, path: Path, artifact_type: str = "data") -> str:
         """Log a file as this run's output ``name``; returns its ``runs:/`` URI."""

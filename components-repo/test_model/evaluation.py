@@ -1,15 +1,121 @@
-"""Pure evaluation logic: a fitted model and a labelled table in, test scores out."""
+"""Pure test-evaluation logic: behaviour tests of a model, and the quality gate."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
-from step_kit import Schema
-from step_kit.metrics import binary_scores
+from step_kit import Schema, StepError
 
 
-def score(model, test: pd.DataFrame, schema: Schema) -> dict[str, float]:
-    """Test scores of the model's positive-class probabilities."""
-    features, target = schema.xy(test)
-    proba = model.predict_proba(features)[:, 1]
-    return {f"test.{k}": v for k, v in binary_scores(target, proba).items()}
+@dataclass(frozen=True)
+class Finding:
+    """One named behaviour test or gate condition, whether it passed, and the numbers."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def invariance(
+    model: Any,
+    features: pd.DataFrame,
+    column: str,
+    relative_jitter: float,
+    max_flip_share: float,
+    seed: int,
+) -> Finding:
+    """Jitter a column that must not matter by up to +-relative_jitter of each value; the share
+    of predictions that flip must stay below max_flip_share."""
+    if column not in features:
+        raise StepError(f"Invariance column '{column}' is not a feature.", "name a feature column.")
+    rng = np.random.default_rng(seed)
+    jittered = features.copy()
+    factor = 1 + rng.uniform(-relative_jitter, relative_jitter, len(features))
+    jittered[column] = np.round(features[column] * factor).astype(features[column].dtype)
+    flipped = float(np.mean(model.predict(features) != model.predict(jittered)))
+    return Finding(
+        f"invariance.{column}",
+        flipped < max_flip_share,
+        f"{flipped:.4f} of predictions flip under +-{relative_jitter:g} jitter of {column} "
+        f"(allowed < {max_flip_share:g})",
+    )
+
+
+def directional(
+    model: Any, features: pd.DataFrame, column: str, delta: float, expect: str
+) -> Finding:
+    """Adding delta to a column must move the mean positive-class probability the expected way
+    (``increase`` or ``decrease``)."""
+    if expect not in ("increase", "decrease"):
+        raise StepError(f"Directional expectation '{expect}'.", "use increase or decrease.")
+    moved = features.copy()
+    moved[column] = (features[column] + delta).astype(features[column].dtype)
+    before = model.predict_proba(features)[:, 1]
+    after = model.predict_proba(moved)[:, 1]
+    change = float(np.mean(after) - np.mean(before))
+    ok = change > 0 if expect == "increase" else change < 0
+    return Finding(
+        f"directional.{column}",
+        ok,
+        f"mean P(positive) moves by {change:+.4f} when {column} += {delta:g} (expected {expect})",
+    )
+
+
+def cases(model: Any, schema: Schema, written: list[dict[str, Any]]) -> list[Finding]:
+    """Hand-written rows with the label a sensible model must give them."""
+    findings = []
+    for case in written:
+        row = pd.DataFrame([case["features"]])[schema.features]
+        for column in schema.numeric:
+            row[column] = row[column].astype("int64")
+        for column in schema.categorical:
+            row[column] = row[column].astype("str")
+        expected = 1 if case["expected"] == schema.positive_class else 0
+        got = int(model.predict(row)[0])
+        proba = float(model.predict_proba(row)[0, 1])
+        findings.append(
+            Finding(
+                f"case.{case['name']}",
+                got == expected,
+                f"predicted {schema.positive_class if got else 'not ' + schema.positive_class} "
+                f"(P={proba:.3f}), expected {case['expected']}",
+            )
+        )
+    return findings
+
+
+def gate(
+    metrics: dict[str, float], rules: dict[str, Any], prod: dict[str, float] | None
+) -> list[Finding]:
+    """The quality gate: minimum test ROC AUC and F1, and at most max_drop_vs_prod ROC AUC lost
+    against the model aliased prod (when there is one)."""
+    findings = [
+        Finding(
+            "gate.min_roc_auc",
+            metrics["test.roc_auc"] >= rules["min_roc_auc"],
+            f"test ROC AUC {metrics['test.roc_auc']:.4f}, minimum {rules['min_roc_auc']:g}",
+        ),
+        Finding(
+            "gate.min_f1",
+            metrics["test.f1"] >= rules["min_f1"],
+            f"test F1 {metrics['test.f1']:.4f} at the chosen threshold, minimum {rules['min_f1']:g}",
+        ),
+    ]
+    if prod is not None:
+        drop = prod["test.roc_auc"] - metrics["test.roc_auc"]
+        findings.append(
+            Finding(
+                "gate.max_drop_vs_prod",
+                drop <= rules["max_drop_vs_prod"],
+                f"test ROC AUC {metrics['test.roc_auc']:.4f} vs {prod['test.roc_auc']:.4f} of "
+                f"the prod model: drop {drop:+.4f}, allowed {rules['max_drop_vs_prod']:g}",
+            )
+        )
+    return findings

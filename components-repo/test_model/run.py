@@ -1,31 +1,113 @@
-"""test_model: score the model on the test table, then register it."""
+"""test_model: score the model on the test table, test its behaviour, apply the quality gate,
+and register it (alias candidate) only when it passes."""
 
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
-from evaluation import score
-from step_kit import Schema, Step, StepError
-from step_kit.cli import parse_args
+from evaluation import cases, directional, gate, invariance
+from step_kit import Schema, Step, StepError, persist, plots
+from step_kit.cli import json_param, parse_args
+from step_kit.metrics import evaluate
 
 HERE = Path(__file__).resolve().parent
+
+
+def load_model(uri: str):
+    """The sklearn model at a models:/ URI, or a StepError naming it."""
+    try:
+        return mlflow.sklearn.load_model(uri)
+    except Exception as err:
+        raise StepError(
+            f"Model {uri} cannot be loaded: {err}",
+            "pass the models:/ URI that train_model recorded (run tag reprise.output.model).",
+        ) from None
+
+
+def prod_model(name: str, alias: str):
+    """The model registered as name@alias, or None when there is none."""
+    if not name:
+        return None
+    try:
+        mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return load_model(f"models:/{name}@{alias}")
 
 
 def main() -> None:
     args = parse_args(HERE)
     with Step("test_model", vars(args)) as step:
         schema = Schema.from_json(args.schema)
+        cfg = json_param("evaluation", args.evaluation)
+        beta, ks, rules, behaviour = cfg["beta"], cfg["ks"], cfg["gate"], cfg["behaviour"]
         test = step.input_table(args.test_artifact, args.test_sha256)
-        try:
-            model = mlflow.sklearn.load_model(args.model)
-        except Exception as err:
+        model = load_model(args.model)
+        features, target = schema.xy(test)
+
+        def score(candidate, prefix: str) -> tuple[dict[str, float], object]:
+            proba = candidate.predict_proba(features)[:, 1]
+            labels = candidate.predict(features)
+            # at_half: the estimator's own labels, before the decision threshold
+            half = getattr(candidate, "estimator", candidate).predict(features)
+            return evaluate(target, proba, labels, half, beta, ks, prefix), proba
+
+        metrics, proba = score(model, "test")
+        probas = {"model": proba}
+        if args.baselines:
+            folder = step.input_file(args.baselines)
+            for path in sorted(folder.glob("*.skops")):
+                baseline_scores, probas[path.stem] = score(
+                    persist.load(path), f"test.baseline.{path.stem}"
+                )
+                metrics |= baseline_scores
+        prod = prod_model(args.registered_model_name, rules["prod_alias"])
+        prod_metrics = score(prod, "test")[0] if prod is not None else None
+        if prod_metrics:
+            metrics["test.prod.roc_auc"] = prod_metrics["test.roc_auc"]
+        step.log_metrics(metrics)
+
+        labels = ["<=50K", ">50K"] if schema.positive_class == ">50K" else ["negative", "positive"]
+        step.log_figure(plots.roc_pr_curves(target, probas, "test"), "test_roc_pr.png")
+        step.log_figure(
+            plots.confusion_matrix_plot(target, model.predict(features), labels, "test"),
+            "test_confusion_matrix.png",
+        )
+        step.log_figure(plots.calibration_plot(target, probas), "test_calibration.png")
+
+        inv = behaviour["invariance"]
+        findings = [
+            invariance(
+                model,
+                features,
+                inv["column"],
+                inv["relative_jitter"],
+                inv["max_flip_share"],
+                inv["seed"],
+            ),
+            *(
+                directional(model, features, d["column"], d["delta"], d["expect"])
+                for d in behaviour["directional"]
+            ),
+            *cases(model, schema, behaviour["cases"]),
+            *gate(metrics, rules, prod_metrics),
+        ]
+        step.log_report("test_report", [f.as_dict() for f in findings])
+        step.log_metrics({"gate.failed": sum(not f.passed for f in findings)})
+        failed = [f for f in findings if not f.passed]
+        if failed:
+            listing = "; ".join(f"{f.name}: {f.detail}" for f in failed)
             raise StepError(
-                f"Model {args.model} cannot be loaded: {err}",
-                "pass the models:/ URI that train_model recorded (run tag reprise.output.model).",
-            ) from None
-        step.log_metrics(score(model, test, schema))
+                f"The model fails {len(failed)} of {len(findings)} test conditions, so it was not "
+                f"registered: {listing}.",
+                "improve the model, or (if the bar is wrong) change config group 'evaluation'.",
+            )
         if args.registered_model_name:
             version = mlflow.register_model(args.model, args.registered_model_name)
+            mlflow.MlflowClient().set_registered_model_alias(
+                version.name, rules["candidate_alias"], version.version
+            )
             step.record_output("registered_model", f"models:/{version.name}/{version.version}")
 
 

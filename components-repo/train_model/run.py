@@ -1,14 +1,22 @@
-"""train_model: fit the inference pipeline, score it on validation, log it as an MLflow model."""
+"""train_model: fit the model and its baselines, choose the threshold on validation, score, plot,
+and log the model (threshold inside) as an MLflow model stored with skops."""
 
 from pathlib import Path
 
 import mlflow
 from mlflow.models import infer_signature
 
-from step_kit import Schema, Step
+from step_kit import Schema, Step, persist, plots
 from step_kit.cli import json_param, parse_args
-from step_kit.metrics import binary_scores
-from training import SKOPS_TRUSTED_TYPES, fit, pinned_requirements
+from step_kit.metrics import evaluate
+from training import (
+    BASELINES,
+    choose_threshold,
+    feature_importances,
+    fit,
+    pinned_requirements,
+    with_threshold,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,26 +26,82 @@ def main() -> None:
     with Step("train_model", vars(args)) as step:
         schema = Schema.from_json(args.schema)
         hyperparameters = json_param("hyperparameters", args.hyperparameters)
+        evaluation = json_param("evaluation", args.evaluation)
+        threshold_cfg, beta, ks = evaluation["threshold"], evaluation["beta"], evaluation["ks"]
         train = step.input_table(args.train_artifact, args.train_sha256)
         val = step.input_table(args.val_artifact, args.val_sha256)
-        model = fit(train, schema, hyperparameters)
         mlflow.log_params({f"model.{k}": v for k, v in hyperparameters.items()})
 
+        model = fit(train, schema, args.model_name, hyperparameters)
         features, target = schema.xy(val)
-        proba = model.predict_proba(features)[:, 1]
-        step.log_metrics({f"val.{k}": v for k, v in binary_scores(target, proba).items()})
+        choice = choose_threshold(
+            model,
+            features,
+            target,
+            threshold_cfg["strategy"],
+            beta,
+            threshold_cfg.get("min_precision", 0.0),
+        )
+        final = with_threshold(model, choice.threshold)
+        mlflow.log_params({"threshold.strategy": threshold_cfg["strategy"]})
+        proba = final.predict_proba(features)[:, 1]
+        scores = evaluate(
+            target, proba, final.predict(features), model.predict(features), beta, ks, "val"
+        )
+        scores["threshold"] = choice.threshold
+        probas = {args.model_name: proba}
+        baseline_dir = step.workdir / "baselines"
+        baseline_dir.mkdir()
+        for name, params in BASELINES.items():
+            baseline = fit(train, schema, name, params)
+            probas[name] = baseline.predict_proba(features)[:, 1]
+            labels = baseline.predict(features)
+            scores |= evaluate(
+                target, probas[name], labels, labels, beta, ks, f"val.baseline.{name}"
+            )
+            persist.save(baseline, baseline_dir / f"{name}.skops")
+        step.log_metrics(scores)
+
+        labels = ["<=50K", ">50K"] if schema.positive_class == ">50K" else ["negative", "positive"]
+        step.log_figure(plots.roc_pr_curves(target, probas, "validation"), "val_roc_pr.png")
+        step.log_figure(
+            plots.confusion_matrix_plot(
+                target,
+                final.predict(features),
+                labels,
+                f"validation, threshold {choice.threshold:.3f}",
+            ),
+            "val_confusion_matrix.png",
+        )
+        step.log_figure(plots.calibration_plot(target, probas), "val_calibration.png")
+        step.log_figure(
+            plots.threshold_curve(
+                choice.thresholds, choice.scores, choice.threshold, choice.metric
+            ),
+            "val_threshold_curve.png",
+        )
+        names, importances, kind = feature_importances(model, features, target)
+        step.log_figure(
+            plots.feature_importances_plot(names, importances, f"feature importances: {kind}"),
+            "feature_importances.png",
+        )
+        estimator = model.named_steps["classifier"]
+        if args.model_name == "decision_tree":
+            step.log_figure(plots.tree_top_levels(estimator, names, labels), "tree_top_levels.png")
 
         example = features.head(5)
         info = mlflow.sklearn.log_model(
-            model,
+            final,
             name="model",
             serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            signature=infer_signature(example, model.predict(example)),
+            skops_trusted_types=persist.trusted_types(final),
+            signature=infer_signature(example, final.predict(example)),
             input_example=example,
             pip_requirements=pinned_requirements(),
         )
         step.record_output("model", info.model_uri)
+        mlflow.log_artifacts(str(baseline_dir), "baselines")
+        step.record_output("baselines", f"runs:/{step.run_id}/baselines")
 
 
 if __name__ == "__main__":

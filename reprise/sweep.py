@@ -1,0 +1,105 @@
+"""Hydra multirun sweeps: one sweep run, each point a nested pipeline run under it, and a summary
+that names the best point by a validation metric, never by a test metric."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from reprise.errors import RepriseError
+
+log = logging.getLogger(__name__)
+
+POINT_TAG = "reprise.sweep.point"
+# The sweep run of this process: Hydra runs every point of a multirun in the same process.
+_sweep_run_id: str | None = None
+
+
+def is_multirun() -> bool:
+    """True inside a point of a Hydra multirun (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def selection_metric(cfg: DictConfig) -> str:
+    """The metric a sweep chooses by; it must be a validation metric."""
+    metric = cfg.main.sweep.metric
+    if not str(metric).startswith("val."):
+        raise RepriseError(
+            f"main.sweep.metric is '{metric}': a sweep must choose by a validation metric.",
+            "name a val.* metric (e.g. val.roc_auc); the test table is for the chosen model only.",
+        )
+    return metric
+
+
+@contextmanager
+def pipeline_run(cfg: DictConfig) -> Iterator[Any]:
+    """The MLflow run of one pipeline: the active (or a new) run, or in a multirun a point nested
+    under the sweep run. A failed point fails only itself; the summary is updated after each."""
+    global _sweep_run_id
+    if not is_multirun():
+        with mlflow.start_run() as run:
+            yield run
+        return
+    metric = selection_metric(cfg)
+    sweep = mlflow.start_run(run_id=_sweep_run_id)  # MLFLOW_RUN_ID, if set, at the first point
+    _sweep_run_id = sweep.info.run_id
+    mlflow.set_tag("reprise.sweep", "true")
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    try:
+        with mlflow.start_run(nested=True, run_name=f"point-{HydraConfig.get().job.num}") as point:
+            mlflow.set_tags({POINT_TAG: overrides, "reprise.pipeline": "true"})
+            yield point
+    finally:
+        summarize(_sweep_run_id, metric, cfg.main.sweep.mode)
+        mlflow.end_run()  # the sweep run: FINISHED whatever its points did
+
+
+def summarize(sweep_run_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
+    """Log the table of the sweep's points (best first) and name the best on the sweep run."""
+    client = MlflowClient()
+    sweep = client.get_run(sweep_run_id)
+    points = client.search_runs(
+        [sweep.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}'",
+    )
+    rows = [
+        {
+            "run_id": p.info.run_id,
+            "overrides": p.data.tags.get(POINT_TAG, ""),
+            "status": p.info.status,
+            metric: p.data.metrics.get(metric),
+            "test.roc_auc": p.data.metrics.get("test.roc_auc"),
+            "test.f1": p.data.metrics.get("test.f1"),
+        }
+        for p in points
+    ]
+    sign = 1 if mode == "max" else -1
+    scored = [r for r in rows if r["status"] == "FINISHED" and r[metric] is not None]
+    rows.sort(key=lambda r: (r in scored, sign * (r[metric] or 0)), reverse=True)
+    if scored:
+        best = rows[0]
+        client.set_tag(sweep_run_id, "reprise.sweep.best_run", best["run_id"])
+        client.set_tag(sweep_run_id, "reprise.sweep.best_overrides", best["overrides"])
+        client.log_metric(sweep_run_id, f"best.{metric}", best[metric])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["run_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    client.log_text(sweep_run_id, text.getvalue(), "sweep_summary.csv")
+    log.info("sweep %s: %d points, best by %s (%s) first", sweep_run_id, len(rows), metric, mode)
+    for r in rows:
+        value = "-" if r[metric] is None else f"{r[metric]:.4f}"
+        log.info(
+            "  %-9s %s=%s  %s  run %s", r["status"], metric, value, r["overrides"], r["run_id"]
+        )
+    return rows
