@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from reprise.errors import RepriseError
-from reprise.pipeline import run_pipeline
+from reprise.pipeline import StepFailed, run_pipeline
 from reprise.sweep import is_multirun
 
 log = logging.getLogger("reprise")
@@ -22,8 +22,8 @@ def main(cfg: DictConfig) -> None:
         run_pipeline(cfg)
     except RepriseError as err:
         log.error("pipeline failed: %s", err)
-        if not is_multirun():  # in a sweep a failed point fails alone; the summary shows it
-            sys.exit(1)
+        if not (is_multirun() and isinstance(err, StepFailed)):
+            sys.exit(1)  # in a sweep, a point whose step failed fails alone; the summary shows it
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ STEP_TAG = "reprise.step"
 ERROR_TAG = "reprise.error"
 
 
+class StepFailed(RepriseError):
+    """A step of the pipeline failed (as opposed to the pipeline's own configuration)."""
+
+
 def select_steps(spec: str) -> list[str]:
     """``all`` or a comma-separated list of step names, in pipeline order."""
     wanted = [s.strip() for s in str(spec).split(",") if s.strip()]
@@ -285,7 +289,7 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
                 )
                 results.append(result)
                 if result.status != "FINISHED":
-                    raise RepriseError(
+                    raise StepFailed(
                         f"Step {step} failed (MLflow run {result.run_id}); no later step ran. "
                         f"Its cause: {result.error or 'see the step log above.'}"
                     )

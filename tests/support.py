@@ -144,22 +144,27 @@ class Workspace:
         return self.env["MLFLOW_TRACKING_URI"]
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Workspace:
+def workspace_env(path: Path) -> dict[str, str]:
+    """This process's environment, with the tracking store, state and caches under ``path``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_"))
     }
     env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        MLFLOW_TRACKING_URI=f"sqlite:///{path / 'mlflow.db'}",
         MLFLOW_EXPERIMENT_NAME="reprise-test",
-        REPRISE_STATE_DIR=str(tmp_path),
-        REPRISE_CACHE_DIR=str(tmp_path / "cache"),
+        REPRISE_STATE_DIR=str(path),
+        REPRISE_CACHE_DIR=str(path / "cache"),
         WANDB_MODE="offline",
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
-    return Workspace(tmp_path, env)
+    return env
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path, workspace_env(tmp_path))
 
 
 def run_reprise(
