@@ -54,9 +54,33 @@ def split_config() -> dict[str, Any]:
     return load_config("split", "default")
 
 
+def model_option(name: str) -> tuple[str, dict[str, Any]]:
+    """(model name, hyperparameters) of one option of config group 'model', split as the
+    orchestrator splits it: ``name`` is the estimator, every other key a hyperparameter."""
+    option = load_config("model", name)
+    return option["name"], {key: value for key, value in option.items() if key != "name"}
+
+
+@pytest.fixture(scope="session")
+def model_options() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every option of config group 'model', by file name: (model name, hyperparameters)."""
+    return {path.stem: model_option(path.stem) for path in sorted(CONFIG_DIR.glob("model/*.yaml"))}
+
+
+@pytest.fixture(scope="session")
+def model_name() -> str:
+    """The default model of the pipeline (config.yaml's defaults: model: decision_tree)."""
+    return model_option("decision_tree")[0]
+
+
 @pytest.fixture(scope="session")
 def hyperparameters() -> dict[str, Any]:
-    return load_config("model", "decision_tree")["hyperparameters"]
+    return model_option("decision_tree")[1]
+
+
+@pytest.fixture(scope="session")
+def evaluation_config() -> dict[str, Any]:
+    return load_config("evaluation", "default")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -102,8 +126,44 @@ def splits(clean_full: pd.DataFrame, schema: Schema, split_config: dict[str, Any
 
 
 @pytest.fixture(scope="session")
-def model(splits: dict[str, pd.DataFrame], schema: Schema, hyperparameters: dict[str, Any]):
+def val_xy(splits: dict[str, pd.DataFrame], schema: Schema) -> tuple[pd.DataFrame, pd.Series]:
+    """Features and 0/1 target of the validation table."""
+    return schema.xy(splits["val"])
+
+
+@pytest.fixture(scope="session")
+def model(
+    splits: dict[str, pd.DataFrame],
+    schema: Schema,
+    model_name: str,
+    hyperparameters: dict[str, Any],
+):
     """The inference pipeline fitted on the train table with the configured hyperparameters."""
     from training import fit
 
-    return fit(splits["train"], schema, hyperparameters)
+    return fit(splits["train"], schema, model_name, hyperparameters)
+
+
+@pytest.fixture(scope="session")
+def threshold_choice(model, val_xy, evaluation_config: dict[str, Any]):
+    """The decision threshold train_model picks on validation with the configured strategy."""
+    from training import choose_threshold
+
+    features, target = val_xy
+    threshold = evaluation_config["threshold"]
+    return choose_threshold(
+        model,
+        features,
+        target,
+        threshold["strategy"],
+        evaluation_config["beta"],
+        threshold.get("min_precision", 0.0),
+    )
+
+
+@pytest.fixture(scope="session")
+def tuned_model(model, threshold_choice):
+    """The model train_model logs: the fitted pipeline with the chosen threshold inside."""
+    from training import with_threshold
+
+    return with_threshold(model, threshold_choice.threshold)
