@@ -7,22 +7,24 @@ from typing import Any
 
 from step_kit.errors import StepError
 
-# Beyond skops' own defaults, only types of these packages are ever trusted when loading.
-TRUSTED_PACKAGES = ("sklearn.", "numpy.")
+# Beyond skops' own defaults, only scikit-learn's types and numpy's dtype are ever trusted when
+# loading: never a function (numpy.load, say) or a type from anywhere else.
+TRUSTED_PACKAGES = ("sklearn.",)
+TRUSTED_TYPES = ("numpy.dtype",)
 
 
 def _vet(types: list[str], what: str) -> list[str]:
-    foreign = [t for t in types if not t.startswith(TRUSTED_PACKAGES)]
+    foreign = [t for t in types if not (t.startswith(TRUSTED_PACKAGES) or t in TRUSTED_TYPES)]
     if foreign:
         raise StepError(
-            f"{what} holds types outside scikit-learn and numpy: {foreign}.",
+            f"{what} holds types outside scikit-learn: {foreign}.",
             "store only scikit-learn estimators; these types would run code on loading.",
         )
     return types
 
 
 def trusted_types(model: Any) -> list[str]:
-    """The types skops does not trust by default that ``model`` holds, all from sklearn/numpy."""
+    """The types skops does not trust by default that ``model`` holds; all must be vetted."""
     import skops.io as sio
 
     return _vet(sio.get_untrusted_types(data=sio.dumps(model)), f"Model {type(model).__name__}")
@@ -38,7 +40,7 @@ def save(model: Any, path: Path) -> Path:
 
 
 def load(path: Path) -> Any:
-    """Read a skops file, trusting only scikit-learn and numpy types."""
+    """Read a skops file, trusting only scikit-learn types and numpy.dtype."""
     import skops.io as sio
 
     types = _vet(sio.get_untrusted_types(file=path), f"Model file {Path(path).name}")

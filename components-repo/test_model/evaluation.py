@@ -53,6 +53,10 @@ def directional(
 ) -> Finding:
     """Adding delta to a column must move the mean positive-class probability the expected way
     (``increase`` or ``decrease``)."""
+    if column not in features:
+        raise StepError(
+            f"Directional column '{column}' is not a feature.", "name a feature column."
+        )
     if expect not in ("increase", "decrease"):
         raise StepError(f"Directional expectation '{expect}'.", "use increase or decrease.")
     moved = features.copy()

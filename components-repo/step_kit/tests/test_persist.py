@@ -60,7 +60,7 @@ def test_trusted_types_of_the_real_pipeline_are_sklearn_and_numpy(tuned_model):
 )
 def test_foreign_types_are_refused_on_saving(small_xy, tmp_path, step, type_name):
     model = make_pipeline(step, LogisticRegression()).fit(*small_xy)
-    with pytest.raises(StepError, match="outside scikit-learn and numpy") as caught:
+    with pytest.raises(StepError, match="outside scikit-learn") as caught:
         persist.trusted_types(model)
     assert type_name in str(caught.value)
     path = tmp_path / "model.skops"

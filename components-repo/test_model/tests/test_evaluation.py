@@ -224,3 +224,9 @@ def test_findings_serialise_for_the_report(rules):
         "passed": True,
         "detail": finding.detail,
     }
+
+
+def test_directional_on_a_column_that_is_not_a_feature(tuned_model, schema, splits):
+    features, _ = schema.xy(splits["test"])
+    with pytest.raises(StepError, match="Directional column 'salary' is not a feature"):
+        directional(tuned_model, features, "salary", 1, "increase")
