@@ -4,8 +4,12 @@ SHELL := /bin/bash
 
 PYTHON_SYSTEM ?= python3
 UV_VERSION := 0.13.9
+# bump2version (1.0.1) reads the same .bumpversion.cfg; it lives apart from bump-my-version,
+# which installs a module of the same name.
+BUMP2VERSION_VERSION := 1.0.1
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
+TOOLS_STAMP := $(TOOLS)/.uv-$(UV_VERSION)-bump2version-$(BUMP2VERSION_VERSION)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
@@ -18,16 +22,23 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STEPS ?= all
 OVERRIDES ?=
 
-.PHONY: help setup run test test-fast lint format lock clean
+PART ?=
+VERSION ?=
+DEST ?=
+REMOTE ?=
+
+.PHONY: help setup run test test-fast lint format lock clean release verify restore promote \
+	releases release-components publish-components
 
 help: ## List the commands
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
-$(UV):
+$(TOOLS_STAMP):
 	$(PYTHON_SYSTEM) -m venv $(TOOLS)
-	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION) bump2version==$(BUMP2VERSION_VERSION)
+	@touch $@
 
-$(STAMP): $(UV) uv.lock pyproject.toml
+$(STAMP): $(TOOLS_STAMP) uv.lock pyproject.toml
 	$(UV) sync --frozen --python $(PYTHON_SYSTEM)
 	@touch $@
 
@@ -42,6 +53,27 @@ test: setup ## Run every test, the slow end-to-end ones included
 test-fast: setup ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -m "not e2e"
 
+release: setup ## Cut a release: PART=patch|minor|major (runs the pipeline, writes releases/X.Y.Z.yaml, tags)
+	$(PY) -m reprise release --part $(PART)
+
+verify: setup ## Rerun release VERSION=X.Y.Z and compare every digest and metric with its manifest
+	$(PY) -m reprise verify $(VERSION)
+
+restore: setup ## Put release VERSION=X.Y.Z (project and pinned components) in DEST=folder
+	$(PY) -m reprise restore $(VERSION) $(DEST)
+
+promote: setup ## Alias the model of release VERSION=X.Y.Z "prod" (an older one: a rollback)
+	$(PY) -m reprise promote $(VERSION)
+
+releases: setup ## List the releases with their key metrics
+	$(PY) -m reprise releases
+
+release-components: setup ## Cut a release of components-repo/: PART=patch|minor|major
+	$(PY) -m reprise release-components --part $(PART)
+
+publish-components: setup ## Push components-repo/ and its tags as a repository of its own to REMOTE=uri
+	$(PY) -m reprise publish-components $(REMOTE)
+
 lint: setup ## Check style and common mistakes (ruff)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -50,7 +82,7 @@ format: setup ## Rewrite the code in the project's style (ruff)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-lock: $(UV) ## Re-resolve uv.lock and every requirements.txt after a change of pins
+lock: $(TOOLS_STAMP) ## Re-resolve uv.lock and every requirements.txt after a change of pins
 	$(UV) lock
 	$(UV) export --frozen --no-hashes --no-dev --no-emit-project -q -o $(TOOLS)/constraints.txt
 	for dir in project $(addprefix components-repo/,$(COMPONENTS)); do \

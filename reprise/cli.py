@@ -103,7 +103,44 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet"
     )
     run.set_defaults(handler=cmd_run)
+
+    release = sub.add_parser("release", help="cut a release of the project: make release")
+    release.add_argument("--part", required=True, choices=["patch", "minor", "major"])
+    release.set_defaults(handler=lambda a: _call("reprise.release", "cut", a.part))
+
+    verify = sub.add_parser("verify", help="rerun a release and compare it with its manifest")
+    verify.add_argument("version", help="X.Y.Z of the release")
+    verify.add_argument("--run", default="", help="compare this pipeline run instead of rerunning")
+    verify.set_defaults(handler=lambda a: _call("reprise.release", "verify", a.version, a.run))
+
+    restore = sub.add_parser("restore", help="the project and its components as a release had them")
+    restore.add_argument("version", help="X.Y.Z of the release")
+    restore.add_argument("dest", help="an empty or absent folder")
+    restore.set_defaults(handler=lambda a: _call("reprise.release", "restore", a.version, a.dest))
+
+    promote = sub.add_parser("promote", help="alias a release's model version prod")
+    promote.add_argument("version", help="X.Y.Z of the release")
+    promote.set_defaults(handler=lambda a: _call("reprise.release", "promote", a.version))
+
+    releases = sub.add_parser("releases", help="list the releases and their key metrics")
+    releases.set_defaults(handler=lambda a: _call("reprise.release", "list_releases"))
+
+    crel = sub.add_parser("release-components", help="cut a release of components-repo/")
+    crel.add_argument("--part", required=True, choices=["patch", "minor", "major"])
+    crel.set_defaults(handler=lambda a: _call("reprise.components_release", "release", a.part))
+
+    pub = sub.add_parser("publish-components", help="push components-repo/ as a repository")
+    pub.add_argument("remote", help="git URI of the components repository to push to")
+    pub.set_defaults(handler=lambda a: _call("reprise.components_release", "publish", a.remote))
     return parser
+
+
+def _call(module: str, function: str, *args: str) -> int:
+    """Import the command's module only when it runs (mlflow alone takes seconds to import)."""
+    import importlib
+
+    result = getattr(importlib.import_module(module), function)(*args)
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

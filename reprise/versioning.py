@@ -1,0 +1,151 @@
+"""What every release does, for the project and for the components repository alike: refuse a
+dirty tree or an empty Unreleased section, date the CHANGELOG, bump the version with
+bump-my-version, commit and tag - all or nothing."""
+
+from __future__ import annotations
+
+import configparser
+import datetime as dt
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from reprise.errors import RepriseError
+
+log = logging.getLogger(__name__)
+
+PARTS = ("patch", "minor", "major")
+UNRELEASED = re.compile(r"^## \[Unreleased\][^\n]*\n", re.MULTILINE)
+NEXT_SECTION = re.compile(r"^## \[", re.MULTILINE)
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in ``repo``; a failure is a RepriseError quoting git."""
+    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RepriseError(
+            f"git {' '.join(args)} failed in {repo}: {result.stderr.strip() or result.stdout.strip()}",
+            "see git's message.",
+        )
+    return result.stdout.strip()
+
+
+def require_clean(repo: Path) -> None:
+    """Refuse uncommitted changes and untracked files: a release must be a commit."""
+    dirty = git(repo, "status", "--porcelain", "--untracked-files=all")
+    if dirty:
+        files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
+        raise RepriseError(
+            f"The work tree has uncommitted changes ({files}).",
+            "commit or stash them; a release is cut from a commit and nothing else.",
+        )
+
+
+def current_version(config_file: Path) -> str:
+    """``current_version`` of a .bumpversion.cfg."""
+    parser = configparser.ConfigParser()
+    parser.read(config_file)
+    return parser["bumpversion"]["current_version"]
+
+
+def tag_name(config_file: Path, version: str) -> str:
+    """The tag of a version: ``tag_name`` of the .bumpversion.cfg (``{new_version}`` replaced),
+    else the version itself."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_file)
+    template = parser["bumpversion"].get("tag_name", "{new_version}")
+    return template.replace("{new_version}", version)
+
+
+def next_version(config_file: Path, part: str) -> str:
+    """The version a bump of ``part`` gives, as bump-my-version computes it."""
+    if part not in PARTS:
+        raise RepriseError(f"Unknown version part '{part}'.", f"use one of {', '.join(PARTS)}.")
+    return (
+        _bump_my_version(config_file, "show", "new_version", "--increment", part)
+        .strip()
+        .splitlines()[-1]
+    )
+
+
+def bump(config_file: Path, part: str) -> None:
+    """Rewrite the version in every file .bumpversion.cfg names (no commit, no tag)."""
+    _bump_my_version(config_file, "bump", part, "--no-commit", "--no-tag")
+
+
+def _bump_my_version(config_file: Path, *args: str) -> str:
+    tool = Path(sys.executable).parent / "bump-my-version"
+    result = subprocess.run(
+        [str(tool), *args, "--config-file", str(config_file)],
+        cwd=config_file.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RepriseError(
+            f"bump-my-version {args[0]} failed: {result.stderr.strip()[-500:]}",
+            f"check {config_file.name}.",
+        )
+    return result.stdout
+
+
+def unreleased_entries(changelog: str) -> str:
+    """The text under ``## [Unreleased]`` up to the next version heading, stripped."""
+    match = UNRELEASED.search(changelog)
+    if match is None:
+        return ""
+    rest = changelog[match.end() :]
+    following = NEXT_SECTION.search(rest)
+    body = rest[: following.start()] if following else rest
+    # sub-headings alone (### Added) are no entries
+    lines = [ln for ln in body.splitlines() if ln.strip() and not ln.startswith("###")]
+    return body.strip() if lines else ""
+
+
+def require_unreleased_entries(changelog_file: Path) -> None:
+    if not unreleased_entries(changelog_file.read_text()):
+        raise RepriseError(
+            f"{changelog_file.name} has no entries under '## [Unreleased]'.",
+            "write what changed there (Added / Changed / Fixed) and commit it before releasing.",
+        )
+
+
+def date_changelog(changelog_file: Path, version: str, day: dt.date) -> None:
+    """Move the Unreleased entries under ``## [version] - day``; leave Unreleased empty."""
+    text = changelog_file.read_text()
+    match = UNRELEASED.search(text)
+    if match is None:
+        raise RepriseError(f"{changelog_file.name} has no '## [Unreleased]' section.", "add one.")
+    heading = f"## [{version}] - {day.isoformat()}\n"
+    changelog_file.write_text(
+        text[: match.end()] + "\n" + heading + text[match.end() :].lstrip("\n")
+    )
+
+
+@contextmanager
+def atomic(repo: Path, tag: str) -> Iterator[None]:
+    """Everything in the block or nothing: on any failure the branch, the files and the tags are
+    put back as they were (the tree was clean when the block began)."""
+    head = git(repo, "rev-parse", "HEAD")
+    try:
+        yield
+    except BaseException:
+        log.error("release failed: putting %s back as it was at %s", repo, head[:12])
+        if tag in git(repo, "tag", "--list", tag).splitlines():
+            git(repo, "tag", "-d", tag)
+        git(repo, "reset", "--hard", head)
+        git(repo, "clean", "-fd")
+        raise
+
+
+def commit_and_tag(repo: Path, paths: list[str], version: str, tag: str, message: str) -> str:
+    """Commit ``paths`` and make the annotated tag; returns the commit."""
+    git(repo, "add", "--", *paths)
+    git(repo, "commit", "-m", message)
+    git(repo, "tag", "-a", tag, "-m", message)
+    return git(repo, "rev-parse", "HEAD")
