@@ -119,9 +119,8 @@ def resolve_version(uri: str, version: str) -> str:
     )
 
 
-def checkout(uri: str, version: str, sha: str, cache: Path) -> Path:
-    """A work tree of ``uri`` at ``sha``, made once per SHA under ``cache`` and then reused."""
-    target = cache / "checkouts" / sha
+def checkout(uri: str, version: str, sha: str, target: Path) -> Path:
+    """A work tree of ``uri`` at ``sha`` in ``target``, made once and then reused."""
     if (target / ".git").is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,10 +184,56 @@ def resolve(spec: ComponentSpec, base_dir: Path, cache: Path) -> ResolvedCompone
             "set components.version to a tag of that repository.",
         )
     sha = resolve_version(repository, spec.version)
-    work_tree = checkout(repository, spec.version, sha, cache)
+    work_tree = checkout(repository, spec.version, sha, cache / "checkouts" / sha)
     return _found(
         spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False
     )
+
+
+def require_release_pin(spec: ComponentSpec) -> str:
+    """The commit of a pin fit for a release: a tag of a remote repository, nothing else.
+    A local folder, a branch or a bare commit is refused, naming the step and the fix."""
+    repository, _ = split_subdirectory(spec.repository)
+    if not is_remote(repository):
+        raise RepriseError(
+            f"Step {spec.name} uses the local folder '{repository}': a release cannot be rerun "
+            "from a folder on this machine.",
+            "pin components.repository to a git URI and components.version to one of its tags.",
+        )
+    if not spec.version:
+        raise RepriseError(f"Step {spec.name} has no version.", "pin it to a tag.")
+    refs = list_remote_refs(repository)
+    if f"refs/tags/{spec.version}" in refs:
+        return refs[f"refs/tags/{spec.version}"]
+    kind = "a branch" if f"refs/heads/{spec.version}" in refs else "not a tag"
+    raise RepriseError(
+        f"Step {spec.name} is pinned to '{spec.version}', which is {kind} of "
+        f"{redact(repository)}: a release needs an immutable tag.",
+        "tag the components (make release-components) and pin components.version to that tag.",
+    )
+
+
+def resolve_pinned(
+    name: str, repository: str, tag: str, sha: str, env_manager: str, cache: Path
+) -> ResolvedComponent:
+    """The component a release manifest pins, at exactly its recorded commit. A tag that has
+    moved since the release is refused, naming both commits."""
+    base, subdir = split_subdirectory(repository)
+    now = list_remote_refs(base).get(f"refs/tags/{tag}")
+    if now is None:
+        raise RepriseError(
+            f"Tag '{tag}' of {redact(base)}, pinned by this release for step {name}, is gone.",
+            f"restore the tag on the components repository; it must point to {sha}.",
+        )
+    if now != sha:
+        raise RepriseError(
+            f"Tag '{tag}' of {redact(base)} now points to {now}, but this release was cut with "
+            f"{sha} (step {name}); the rerun would not be the release.",
+            f"put the tag back on {sha}; a published tag must never move.",
+        )
+    work_tree = checkout(base, tag, sha, cache / "checkouts" / sha)
+    spec = ComponentSpec(name, repository, tag, env_manager)
+    return _found(spec, redact(base), tag, sha, work_tree / subdir / name, False)
 
 
 def _found(

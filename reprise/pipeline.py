@@ -17,8 +17,8 @@ from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import paths, sweep, tracking
-from reprise.components import ComponentSpec, ResolvedComponent, resolve
+from reprise import manifest, paths, sweep, tracking
+from reprise.components import ComponentSpec, ResolvedComponent, resolve, resolve_pinned
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _outputs_from_tags(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
     prefix = OUTPUT_TAG.format(name="")
     outputs = {}
     for key, value in tags.items():
-        if key.startswith(prefix) and not key.endswith(".sha256"):
+        if key.startswith(prefix) and not key.endswith((".sha256", ".digest")):
             name = key.removeprefix(prefix)
             outputs[name] = (value, tags.get(OUTPUT_DIGEST_TAG.format(name=name), ""))
     return outputs
@@ -275,12 +275,31 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
     results: list[StepResult] = []
     with sweep.pipeline_run(cfg) as parent:
         try:
-            steps = select_steps(cfg.main.steps)
-            specs = component_specs(cfg, steps)
+            release = manifest.current_release() if cfg.main.release == "auto" else None
+            if release is not None:
+                # A rerun of a release: its config and its components at their recorded commits.
+                log.info("rerunning release %s as its manifest pins it", release["version"])
+                cfg = OmegaConf.create(release["config"])
+                steps = list(STEPS)
+                components = {
+                    s: resolve_pinned(
+                        s,
+                        pin["repository"],
+                        pin["tag"],
+                        pin["sha"],
+                        pin["env_manager"],
+                        paths.cache_dir(),
+                    )
+                    for s, pin in release["components"].items()
+                }
+                mlflow.set_tag("reprise.release", release["version"])
+            else:
+                steps = select_steps(cfg.main.steps)
+                specs = component_specs(cfg, steps)
+                # Resolve every component before any step runs: a bad tag fails in seconds.
+                components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
             mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-            # Resolve every component before any step runs: a bad tag or URI fails in seconds.
-            components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
             configure_child_environment(cfg, parent.info.run_id)
             outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
@@ -337,6 +356,7 @@ def _run_step(
             "sha": component.sha or "",
             "dirty": str(component.dirty).lower(),
             "env_manager": component.env_manager,
+            "path": str(component.path),
         }.items():
             client.set_tag(run_id, f"reprise.component.{key}", value)
     mlflow.set_tag(f"reprise.component.{step}.sha", component.sha or "")

@@ -5,6 +5,7 @@ from pathlib import Path
 from fetch import fetch
 from step_kit import Step, read_table
 from step_kit.cli import parse_args
+from step_kit.tables import frame_digest
 
 HERE = Path(__file__).resolve().parent
 
@@ -19,7 +20,7 @@ def main() -> None:
             path = fetch(source, step.workdir / name, args.timeout)
             frame = read_table(path, name=source)  # readable before anyone relies on it
             step.log_metrics({f"{name}.rows": len(frame), f"{name}.columns": frame.shape[1]})
-            step.output_file(name, path)
+            step.output_file(name, path, content_digest=frame_digest(frame))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,16 @@ import mlflow
 import pandas as pd
 
 from step_kit.errors import StepError
-from step_kit.tables import read_table, sha256_file
+from step_kit.tables import frame_digest, read_table, sha256_file
 
 log = logging.getLogger(__name__)
 
 # Tags through which a step tells the orchestrator where its outputs are.
 OUTPUT_TAG = "reprise.output.{name}"
 OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
+# A digest of what an output holds, not of its bytes: a table's rows, values and dtypes, a
+# model's predictions. Releases are verified by these.
+OUTPUT_CONTENT_TAG = "reprise.output.{name}.digest"
 STEP_TAG = "reprise.step"
 # The one-line cause of a failed step, for the orchestrator to repeat.
 ERROR_TAG = "reprise.error"
@@ -178,12 +181,14 @@ class Step:
         path.write_text(json.dumps(report, indent=2, default=str))
         return self.output_file(name, path, artifact_type="report")
 
-    def output_file(self, name: str, path: Path, artifact_type: str = "data") -> str:
+    def output_file(
+        self, name: str, path: Path, artifact_type: str = "data", content_digest: str = ""
+    ) -> str:
         """Log a file as this run's output ``name``; returns its ``runs:/`` URI."""
         digest = sha256_file(path)
         mlflow.log_artifact(str(path))
         uri = f"runs:/{self.run_id}/{path.name}"
-        self.record_output(name, uri, digest)
+        self.record_output(name, uri, digest, content_digest)
         if self._wandb is not None:
             import wandb
 
@@ -197,10 +202,15 @@ class Step:
         """Write a table as Parquet and log it as output ``name``."""
         path = self.workdir / filename
         frame.to_parquet(path, index=False)
-        return self.output_file(name, path)
+        return self.output_file(name, path, content_digest=frame_digest(frame))
 
-    def record_output(self, name: str, uri: str, sha256: str = "") -> None:
-        """Tell the orchestrator where output ``name`` is (and its digest), through run tags."""
+    def record_output(
+        self, name: str, uri: str, sha256: str = "", content_digest: str = ""
+    ) -> None:
+        """Tell the orchestrator where output ``name`` is, with the sha256 of its bytes and the
+        digest of its content, through run tags."""
         mlflow.set_tag(OUTPUT_TAG.format(name=name), uri)
         if sha256:
             mlflow.set_tag(OUTPUT_DIGEST_TAG.format(name=name), sha256)
+        if content_digest:
+            mlflow.set_tag(OUTPUT_CONTENT_TAG.format(name=name), content_digest)

@@ -21,6 +21,28 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def frame_digest(frame: pd.DataFrame) -> str:
+    """A digest of a table's content: the same columns in the same order with the same dtypes
+    and the same values row by row give the same digest, whatever file format held them."""
+    digest = hashlib.sha256()
+    for column, dtype in frame.dtypes.items():
+        digest.update(f"{column}\x1f{dtype}\x1e".encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def array_digest(*arrays) -> str:
+    """A digest of numeric arrays' exact values (dtype, shape and bytes): a model's predictions."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}\x1e".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def table_suffix(name: str) -> str:
     """The table format of a file name (``.parquet`` or ``.csv``), or a StepError."""
     for suffix in TABLE_SUFFIXES:

@@ -10,6 +10,7 @@ from evaluation import cases, directional, gate, invariance
 from step_kit import Schema, Step, StepError, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.metrics import evaluate
+from step_kit.tables import array_digest
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,6 +55,12 @@ def main() -> None:
             return evaluate(target, proba, labels, half, beta, ks, prefix), proba
 
         metrics, proba = score(model, "test")
+        # what the model does, bit for bit: a release is verified by this, not by its files
+        step.record_output(
+            "predictions",
+            args.model,
+            content_digest=array_digest(proba, model.predict(features)),
+        )
         probas = {"model": proba}
         if args.baselines:
             folder = step.input_file(args.baselines)

@@ -1,0 +1,62 @@
+"""Release manifests (releases/X.Y.Z.yaml): where they are, and which one a checkout is at."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reprise import paths
+from reprise.errors import RepriseError
+from reprise.versioning import current_version
+
+log = logging.getLogger(__name__)
+
+BUMPVERSION_CFG = ".bumpversion.cfg"
+
+
+def manifest_path(version: str, root: Path = paths.ROOT) -> Path:
+    return root / "releases" / f"{version}.yaml"
+
+
+def load(version: str, root: Path = paths.ROOT) -> dict[str, Any]:
+    """The manifest of release ``version``, or an error listing the releases there are."""
+    path = manifest_path(version, root)
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / "releases").glob("*.yaml"))
+        raise RepriseError(
+            f"There is no release {version} (no {path.relative_to(root)}).",
+            f"name one of: {', '.join(known) or '(none yet: make release PART=...)'}.",
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def dump(manifest: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
+
+
+def _git(root: Path, *args: str) -> str | None:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def current_release(root: Path = paths.ROOT) -> dict[str, Any] | None:
+    """The manifest of the release this checkout is, or None: HEAD must carry the tag of the
+    version in .bumpversion.cfg, that version's manifest must exist, and the tree be clean."""
+    config = root / BUMPVERSION_CFG
+    if not config.is_file():
+        return None
+    version = current_version(config)
+    if not manifest_path(version, root).is_file():
+        return None
+    tags = (_git(root, "tag", "--points-at", "HEAD") or "").split()
+    if version not in tags:
+        return None
+    if _git(root, "status", "--porcelain", "--untracked-files=no"):
+        log.warning("release %s: the work tree has changes, so this is not a rerun of it", version)
+        return None
+    return load(version, root)
