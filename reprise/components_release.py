@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def publish(remote: str) -> None:
     head = _split(lay, "HEAD")
     releases = _release_tags(lay)
     splits = {version: _split(lay, f"{tag}^{{commit}}") for tag, version in releases.items()}
-    remote_refs = list_remote_refs(remote)
+    remote_refs = _remote_refs(remote)
 
     refspecs: list[str] = []
     for tag, version in releases.items():
@@ -255,6 +256,22 @@ def _push(repo: Path, remote: str, refspecs: list[str], remote_main: str | None,
     )
 
 
+def _remote_refs(remote: str) -> dict[str, str]:
+    """The remote's refs; git's quoted message in a failure is scrubbed of credentials too."""
+    try:
+        return list_remote_refs(remote)
+    except RepriseError as err:
+        raise RepriseError(_scrub(err.cause, remote), err.fix) from None
+
+
 def _scrub(text: str, remote: str) -> str:
     """``text`` without the remote's credentials, however git quoted the URI."""
-    return _CREDENTIALS.sub("://***@", text.replace(remote, redact(remote)))
+    text = _CREDENTIALS.sub("://***@", text.replace(remote, redact(remote)))
+    netloc = urllib.parse.urlsplit(remote).netloc
+    userinfo, at, _ = netloc.rpartition("@")
+    if at and userinfo:
+        text = text.replace(f"{userinfo}@", "***@")
+        _, colon, secret = userinfo.partition(":")
+        if colon and secret:
+            text = text.replace(secret, "***")
+    return text
