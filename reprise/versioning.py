@@ -74,7 +74,8 @@ def next_version(config_file: Path, part: str) -> str:
 
 def bump(config_file: Path, part: str) -> None:
     """Rewrite the version in every file .bumpversion.cfg names (no commit, no tag)."""
-    _bump_my_version(config_file, "bump", part, "--no-commit", "--no-tag")
+    # the CHANGELOG and the manifest are already changed: this is one step of a larger commit
+    _bump_my_version(config_file, "bump", part, "--no-commit", "--no-tag", "--allow-dirty")
 
 
 def _bump_my_version(config_file: Path, *args: str) -> str:
