@@ -90,9 +90,8 @@ def release(part: str) -> None:
     log.info("components %s -> %s (%s): running the components' unit tests", old, version, part)
     _run_unit_tests(lay)
     with versioning.atomic(lay.repo, tag):
-        # bump-my-version refuses a dirty tree (even with --no-commit): bump before dating
-        versioning.bump(lay.config, part)
         versioning.date_changelog(lay.changelog, version, dt.date.today())
+        versioning.bump(lay.config, part)
         commit = versioning.commit_and_tag(
             lay.repo,
             paths=[lay.rel(lay.changelog), lay.rel(lay.version_file), lay.rel(lay.config)],
