@@ -122,10 +122,9 @@ def date_changelog(changelog_file: Path, version: str, day: dt.date) -> None:
     match = UNRELEASED.search(text)
     if match is None:
         raise RepriseError(f"{changelog_file.name} has no '## [Unreleased]' section.", "add one.")
-    heading = f"## [{version}] - {day.isoformat()}\n"
-    changelog_file.write_text(
-        text[: match.end()] + "\n" + heading + text[match.end() :].lstrip("\n")
-    )
+    heading = f"## [{version}] - {day.isoformat()}\n\n"
+    rest = text[match.end() :].lstrip("\n")
+    changelog_file.write_text(text[: match.end()] + "\n" + heading + rest)
 
 
 @contextmanager
