@@ -57,6 +57,21 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
+_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+
+
+def scrub(text: str, uri: str) -> str:
+    """``text`` (git's message, say) without the credentials of ``uri``, however it was quoted."""
+    text = _CREDENTIALS.sub("://***@", text.replace(uri, redact(uri)))
+    userinfo, at, _ = urllib.parse.urlsplit(uri).netloc.rpartition("@")
+    if at and userinfo:
+        text = text.replace(f"{userinfo}@", "***@")
+        _, colon, secret = userinfo.partition(":")
+        if colon and secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def split_subdirectory(repository: str) -> tuple[str, str]:
     """``uri#sub/dir`` -> (``uri``, ``sub/dir``); no ``#`` -> (``uri``, ``""``)."""
     base, _, subdir = repository.partition("#")
@@ -88,7 +103,7 @@ def list_remote_refs(uri: str) -> dict[str, str]:
             "check that the git server is up and reachable, then run again.",
         ) from None
     except subprocess.CalledProcessError as err:
-        detail = (err.stderr or "").strip().splitlines()
+        detail = scrub(err.stderr or "", uri).strip().splitlines()
         raise RepriseError(
             f"Repository {redact(uri)} cannot be reached: {detail[-1] if detail else 'git failed'}.",
             "check components.repository (URI, server up, access rights).",
@@ -141,7 +156,7 @@ def checkout(uri: str, version: str, sha: str, target: Path) -> Path:
         os.replace(staging, target)  # atomic: a half-made checkout is never reused
     except subprocess.CalledProcessError as err:
         raise RepriseError(
-            f"Fetching {redact(uri)} at '{version}' failed: {(err.stderr or '').strip()}.",
+            f"Fetching {redact(uri)} at '{version}' failed: {scrub(err.stderr or '', uri).strip()}.",
             "check that the server allows fetching that ref, then run again.",
         ) from None
     finally:

@@ -10,12 +10,11 @@ import os
 import re
 import subprocess
 import sys
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from reprise import paths, versioning
-from reprise.components import list_remote_refs, redact
+from reprise.components import list_remote_refs, redact, scrub
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,6 @@ log = logging.getLogger(__name__)
 TESTS_TIMEOUT_S = 1800
 PUSH_TIMEOUT_S = 300
 SEMVER = r"\d+\.\d+\.\d+"
-_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def publish(remote: str) -> None:
     head = _split(lay, "HEAD")
     releases = _release_tags(lay)
     splits = {version: _split(lay, f"{tag}^{{commit}}") for tag, version in releases.items()}
-    remote_refs = _remote_refs(remote)
+    remote_refs = list_remote_refs(remote)
 
     refspecs: list[str] = []
     for tag, version in releases.items():
@@ -239,7 +237,7 @@ def _push(repo: Path, remote: str, refspecs: list[str], remote_main: str | None,
         ) from None
     if result.returncode == 0:
         return
-    output = _scrub(f"{result.stdout}\n{result.stderr}", remote)
+    output = scrub(f"{result.stdout}\n{result.stderr}", remote)
     rejected = [ln for ln in output.splitlines() if ln.startswith("!")]
     if any("refs/heads/main" in ln for ln in rejected):
         raise RepriseError(
@@ -253,24 +251,3 @@ def _push(repo: Path, remote: str, refspecs: list[str], remote_main: str | None,
         f"Pushing to {redact(remote)} failed: {'; '.join(detail[-3:]) or 'git failed'}.",
         "check the URI, that the repository exists and that you may push to it.",
     )
-
-
-def _remote_refs(remote: str) -> dict[str, str]:
-    """The remote's refs; git's quoted message in a failure is scrubbed of credentials too."""
-    try:
-        return list_remote_refs(remote)
-    except RepriseError as err:
-        raise RepriseError(_scrub(err.cause, remote), err.fix) from None
-
-
-def _scrub(text: str, remote: str) -> str:
-    """``text`` without the remote's credentials, however git quoted the URI."""
-    text = _CREDENTIALS.sub("://***@", text.replace(remote, redact(remote)))
-    netloc = urllib.parse.urlsplit(remote).netloc
-    userinfo, at, _ = netloc.rpartition("@")
-    if at and userinfo:
-        text = text.replace(f"{userinfo}@", "***@")
-        _, colon, secret = userinfo.partition(":")
-        if colon and secret:
-            text = text.replace(secret, "***")
-    return text
