@@ -1,29 +1,17 @@
-"""Pure data checks: each returns a CheckResult; the caller decides what a failure means."""
+"""Pure data checks: each returns a Finding; the caller decides what a failure means."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 from scipy import stats
 
 from step_kit import Schema
+from step_kit.findings import Finding
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """One named check, whether it passed, and what it saw."""
-
-    name: str
-    passed: bool
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def check_schema(frame: pd.DataFrame, schema: Schema) -> CheckResult:
+def check_schema(frame: pd.DataFrame, schema: Schema) -> Finding:
     """Exactly the schema's columns; numeric features numeric; categorical ones text."""
     problems = []
     absent = [c for c in schema.columns if c not in frame.columns]
@@ -38,12 +26,10 @@ def check_schema(frame: pd.DataFrame, schema: Schema) -> CheckResult:
     for column in [*schema.categorical, schema.target]:
         if column in frame and not pd.api.types.is_string_dtype(frame[column]):
             problems.append(f"'{column}' is {frame[column].dtype}, expected text")
-    return CheckResult(
-        "schema", not problems, "; ".join(problems) or "columns and dtypes as expected"
-    )
+    return Finding("schema", not problems, "; ".join(problems) or "columns and dtypes as expected")
 
 
-def check_categories(frame: pd.DataFrame, schema: Schema) -> CheckResult:
+def check_categories(frame: pd.DataFrame, schema: Schema) -> Finding:
     """No value outside the allowed categories of config group 'data' (missing values allowed)."""
     problems = []
     for column, allowed in schema.categories.items():
@@ -52,10 +38,10 @@ def check_categories(frame: pd.DataFrame, schema: Schema) -> CheckResult:
         unknown = sorted(set(frame[column].dropna().unique()) - set(allowed))
         if unknown:
             problems.append(f"'{column}' has unknown values {unknown[:10]}")
-    return CheckResult("categories", not problems, "; ".join(problems) or "all values known")
+    return Finding("categories", not problems, "; ".join(problems) or "all values known")
 
 
-def check_ranges(frame: pd.DataFrame, ranges: dict[str, list[float]]) -> CheckResult:
+def check_ranges(frame: pd.DataFrame, ranges: dict[str, list[float]]) -> Finding:
     """Every non-missing value of each named column within its inclusive [min, max]."""
     problems = []
     for column, (low, high) in ranges.items():
@@ -72,33 +58,33 @@ def check_ranges(frame: pd.DataFrame, ranges: dict[str, list[float]]) -> CheckRe
                 f"'{column}' has {len(outside)} values outside [{low}, {high}] "
                 f"(seen {values.min()}..{values.max()})"
             )
-    return CheckResult("ranges", not problems, "; ".join(problems) or "all values within bounds")
+    return Finding("ranges", not problems, "; ".join(problems) or "all values within bounds")
 
 
-def check_row_count(frame: pd.DataFrame, min_rows: int, max_rows: int) -> CheckResult:
+def check_row_count(frame: pd.DataFrame, min_rows: int, max_rows: int) -> Finding:
     """The number of rows within [min_rows, max_rows]."""
     rows = len(frame)
     ok = min_rows <= rows <= max_rows
-    return CheckResult("row_count", ok, f"{rows} rows, expected {min_rows}..{max_rows}")
+    return Finding("row_count", ok, f"{rows} rows, expected {min_rows}..{max_rows}")
 
 
-def check_target(frame: pd.DataFrame, schema: Schema, low: float, high: float) -> CheckResult:
+def check_target(frame: pd.DataFrame, schema: Schema, low: float, high: float) -> Finding:
     """The positive-class share of the target within [low, high], and no unknown label."""
     target = frame[schema.target]
     labels = sorted(set(target.dropna().unique()))
     allowed = schema.categories.get(schema.target)
     if allowed and set(labels) - set(allowed):
-        return CheckResult("target", False, f"unknown labels {sorted(set(labels) - set(allowed))}")
+        return Finding("target", False, f"unknown labels {sorted(set(labels) - set(allowed))}")
     share = float(target.eq(schema.positive_class).mean()) if len(target) else 0.0
     ok = low <= share <= high
-    return CheckResult(
+    return Finding(
         "target", ok, f"share of '{schema.positive_class}' {share:.4f}, expected {low}..{high}"
     )
 
 
 def check_drift(
     frame: pd.DataFrame, reference: pd.DataFrame, schema: Schema, ks_alpha: float, chi2_alpha: float
-) -> list[CheckResult]:
+) -> list[Finding]:
     """Two-sample KS per numeric column, chi-square per categorical column, Bonferroni-corrected.
 
     A check fails when its p-value is below its alpha divided by the number of columns tested,
@@ -111,7 +97,7 @@ def check_drift(
     for column in numeric:
         if not pd.api.types.is_numeric_dtype(frame[column]):
             detail = f"not tested: '{column}' is {frame[column].dtype}, not a number"
-            results.append(CheckResult(f"drift.{column}", False, detail))
+            results.append(Finding(f"drift.{column}", False, detail))
             continue
         current, ref = (
             frame[column].dropna(),
@@ -120,7 +106,7 @@ def check_drift(
         p_value = float(stats.ks_2samp(current, ref).pvalue)
         ok = p_value >= ks_alpha / tests
         results.append(
-            CheckResult(f"drift.{column}", ok, f"KS p={p_value:.3g}, alpha={ks_alpha}/{tests}")
+            Finding(f"drift.{column}", ok, f"KS p={p_value:.3g}, alpha={ks_alpha}/{tests}")
         )
     for column in categorical:
         counts = pd.concat(
@@ -131,12 +117,12 @@ def check_drift(
             axis=1,
         ).fillna(0)
         if len(counts) < 2:
-            results.append(CheckResult(f"drift.{column}", True, "a single category in both"))
+            results.append(Finding(f"drift.{column}", True, "a single category in both"))
             continue
         p_value = float(stats.chi2_contingency(counts.to_numpy()).pvalue)
         ok = p_value >= chi2_alpha / tests
         results.append(
-            CheckResult(
+            Finding(
                 f"drift.{column}", ok, f"chi-square p={p_value:.3g}, alpha={chi2_alpha}/{tests}"
             )
         )
@@ -148,7 +134,7 @@ def run_checks(
     schema: Schema,
     config: dict[str, Any],
     reference: pd.DataFrame | None = None,
-) -> list[CheckResult]:
+) -> list[Finding]:
     """Every check that config asks for, in a fixed order."""
     results = [
         check_schema(frame, schema),

@@ -5,6 +5,7 @@ from pathlib import Path
 from checks import run_checks
 from step_kit import Schema, Step, StepError
 from step_kit.cli import json_param, parse_args
+from step_kit.findings import listing as findings_listing
 
 HERE = Path(__file__).resolve().parent
 
@@ -24,7 +25,7 @@ def main() -> None:
         failed = [r for r in results if not r.passed]
         step.log_metrics({"checks_run": len(results), "checks_failed": len(failed)})
         if failed:
-            listing = "; ".join(f"{r.name}: {r.detail}" for r in failed)
+            listing = findings_listing(failed)
             raise StepError(
                 f"{len(failed)} of {len(results)} data checks failed: {listing}.",
                 "inspect the data (see data_check_report.json) or, if the change is expected, "

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from step_kit import Schema, StepError
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One named behaviour test or gate condition, whether it passed, and the numbers."""
-
-    name: str
-    passed: bool
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from step_kit.findings import Finding
 
 
 def invariance(

@@ -9,6 +9,7 @@ from mlflow.exceptions import MlflowException
 from evaluation import cases, directional, gate, invariance
 from step_kit import Schema, Step, StepError, persist, plots
 from step_kit.cli import json_param, parse_args
+from step_kit.findings import listing as findings_listing
 from step_kit.metrics import evaluate
 from step_kit.tables import array_digest
 
@@ -104,7 +105,7 @@ def main() -> None:
         step.log_metrics({"gate.failed": sum(not f.passed for f in findings)})
         failed = [f for f in findings if not f.passed]
         if failed:
-            listing = "; ".join(f"{f.name}: {f.detail}" for f in failed)
+            listing = findings_listing(failed)
             raise StepError(
                 f"The model fails {len(failed)} of {len(findings)} test conditions, so it was not "
                 f"registered: {listing}.",
