@@ -179,3 +179,28 @@ def run_reprise(
         text=True,
         timeout=timeout,
     )
+
+
+def mlflow_run(
+    env: dict[str, str], cwd: Path, uri: str, version: str, *args: str, experiment: str = "Default"
+) -> subprocess.CompletedProcess:
+    """``mlflow run URI -v VERSION --env-manager local ARGS`` as a user types it."""
+    return subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "mlflow"),
+            "run",
+            uri,
+            "-v",
+            version,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment,
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from reprise.versioning import unreleased_entries
-from support import ROOT, GitServer, Workspace, git, workspace_env
+from support import ROOT, GitServer, Workspace, git, mlflow_run, workspace_env
 
 pytestmark = pytest.mark.e2e
 
@@ -270,25 +270,13 @@ def test_publish_pushes_the_components_as_a_repository(
     assert link.is_symlink() and str(link.readlink()) == "../step_kit"
     assert (link / "step.py").is_file()
 
-    result = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "mlflow"),
-            "run",
-            f"{published.url}#get_data",
-            "-v",
-            released.new,
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            "Default",
-            "-P",
-            "sample=sample1.parquet",
-        ],
-        cwd=workspace.path,
-        env=workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = mlflow_run(
+        workspace.env,
+        workspace.path,
+        f"{published.url}#get_data",
+        released.new,
+        "-P",
+        "sample=sample1.parquet",
     )
     assert result.returncode == 0, _output(result)[-4000:]
     (run,) = MlflowClient(tracking_uri=workspace.tracking_uri).search_runs(["0"])

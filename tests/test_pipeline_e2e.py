@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from reprise.pipeline import STEPS
-from support import ROOT, ComponentsRemote, Workspace, free_port, run_reprise
+from support import ROOT, ComponentsRemote, Workspace, free_port, mlflow_run, run_reprise
 
 pytestmark = pytest.mark.e2e
 
@@ -104,25 +104,13 @@ def test_one_component_from_the_remote_with_mlflow_run(
     workspace: Workspace, components_remote: ComponentsRemote
 ) -> None:
     """The README's `mlflow run <git URI>#get_data -v <tag>`: a component stands alone."""
-    result = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "mlflow"),
-            "run",
-            f"{components_remote.url}#get_data",
-            "-v",
-            "0.1.0",
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            "Default",
-            "-P",
-            "sample=sample1.parquet",
-        ],
-        cwd=workspace.path,
-        env=workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = mlflow_run(
+        workspace.env,
+        workspace.path,
+        f"{components_remote.url}#get_data",
+        "0.1.0",
+        "-P",
+        "sample=sample1.parquet",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     client = MlflowClient(tracking_uri=workspace.tracking_uri)

@@ -15,7 +15,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from support import ROOT, ComponentsRemote, GitServer, Workspace, git, workspace_env
+from support import (
+    ROOT,
+    ComponentsRemote,
+    GitServer,
+    Workspace,
+    git,
+    mlflow_run,
+    workspace_env,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -156,23 +164,12 @@ def test_rerun_from_an_empty_folder_reproduces_the_release(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "mlflow"),
-            "run",
-            f"{released.url}#project",
-            "-v",
-            "1.0.0",
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            "reprise-test",
-        ],
-        cwd=empty,
-        env=released.workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    result = mlflow_run(
+        released.workspace.env,
+        empty,
+        f"{released.url}#project",
+        "1.0.0",
+        experiment="reprise-test",
     )
     assert result.returncode == 0, output_of(result)[-4000:]
     client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
@@ -220,10 +217,10 @@ def test_promote_aliases_the_release_model_prod(released: Project) -> None:
     result = released.reprise("promote", "1.0.0")
     assert result.returncode == 0, output_of(result)[-4000:]
     client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
-    assert client.get_model_version_by_alias("adult_income", "prod").version == "1"
+    assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 1
     rollforward = released.reprise("promote", "1.1.0")
     assert rollforward.returncode == 0
-    assert client.get_model_version_by_alias("adult_income", "prod").version == "2"
+    assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 2
 
 
 @pytest.mark.parametrize(
@@ -299,23 +296,12 @@ def test_a_moved_component_tag_is_refused(
     old, new = components_remote.tags["0.1.0"], components_remote.tags["0.2.0"]
     git("tag", "-f", "0.1.0", new, cwd=bare)
     try:
-        result = subprocess.run(
-            [
-                str(ROOT / ".venv" / "bin" / "mlflow"),
-                "run",
-                f"{released.url}#project",
-                "-v",
-                "1.0.0",
-                "--env-manager",
-                "local",
-                "--experiment-name",
-                "reprise-test",
-            ],
-            cwd=tmp_path,
-            env=released.workspace.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        result = mlflow_run(
+            released.workspace.env,
+            tmp_path,
+            f"{released.url}#project",
+            "1.0.0",
+            experiment="reprise-test",
         )
         assert result.returncode != 0
         output = output_of(result)
