@@ -39,7 +39,7 @@ $(TOOLS_STAMP):
 	@touch $@
 
 $(STAMP): $(TOOLS_STAMP) uv.lock pyproject.toml
-	$(UV) sync --frozen --python $(PYTHON_SYSTEM)
+	$(UV) sync --frozen --all-extras --python $(PYTHON_SYSTEM)
 	@touch $@
 
 setup: $(STAMP) ## Make the pinned environment (.venv) from uv.lock; does nothing when it is current

@@ -204,3 +204,34 @@ def mlflow_run(
         text=True,
         timeout=900,
     )
+
+
+@dataclass
+class ServedStore:
+    """A tracking store holding one whole pipeline run on the full bundled data, its model
+    version aliased prod, and that run's test table (the parity data of the serving tests)."""
+
+    workspace: Workspace
+    model_name: str
+    model_version: str
+    test_table: Path
+
+
+@pytest.fixture(scope="session")
+def served_store(tmp_path_factory: pytest.TempPathFactory) -> ServedStore:
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("served")
+    workspace = Workspace(path, workspace_env(path))
+    workspace.env["WANDB_MODE"] = "disabled"
+    result = run_reprise(workspace)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    version = client.get_model_version_by_alias("adult_income", "candidate")
+    client.set_registered_model_alias("adult_income", "prod", version.version)
+    split = client.search_runs(
+        [client.get_experiment_by_name("reprise-test").experiment_id],
+        filter_string="tags.`reprise.step` = 'train_val_test_split'",
+    )[0]
+    test_table = Path(client.download_artifacts(split.info.run_id, "test.parquet", str(path)))
+    return ServedStore(workspace, "adult_income", str(version.version), test_table)

@@ -1,0 +1,1 @@
+"""Serving a model: the fast scorer, model loading, the REST server and batch scoring."""

@@ -1,0 +1,216 @@
+"""The model to serve: which one (a release, a registry alias, a run), loaded once, its input
+schema from the MLflow signature, and the checks every input row must pass."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reprise import manifest, tracking
+from reprise.errors import RepriseError
+from reprise.serving.fast import FastScorer, NotCompilable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "adult_income"
+PROD_ALIAS = "prod"
+# MLflow signature types -> the kind of value a column holds
+NUMERIC_TYPES = {"long": "integer", "integer": "integer", "double": "number", "float": "number"}
+
+
+class InputError(ValueError):
+    """A row or a request that does not fit the model's input schema; names field and problem."""
+
+    def __init__(self, problem: str, field: str = "", row: int | None = None) -> None:
+        self.problem = problem
+        self.field = field
+        self.row = row
+        where = f"row {row}: " if row is not None else ""
+        super().__init__(f"{where}{field + ': ' if field else ''}{problem}")
+
+
+@dataclass
+class ServedModel:
+    """A loaded model and what identifies it."""
+
+    uri: str
+    model: Any
+    columns: dict[str, str]  # input column -> "integer" | "number" | "string", signature order
+    name: str | None = None
+    version: str | None = None
+    release: str | None = None
+    components: dict[str, str] = field(default_factory=dict)  # step -> commit
+    scorer: FastScorer | None = None
+
+    @property
+    def threshold(self) -> float:
+        return float(getattr(self.model, "threshold", 0.5))
+
+    def score(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(probability of the positive class, label at the model's threshold) per row."""
+        if self.scorer is not None:
+            proba = self.scorer.predict_proba(frame)
+            return proba, self.scorer.predict(proba)
+        proba = self.model.predict_proba(frame)[:, 1]
+        return proba, np.asarray(self.model.predict(frame), dtype=np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model_uri": self.uri,
+            "registered_model": self.name,
+            "model_version": self.version,
+            "release": self.release,
+            "components": self.components,
+            "threshold": self.threshold,
+            "fast_path": self.scorer is not None,
+        }
+
+    # --- input checks ---------------------------------------------------------------------
+    def frame_from_records(self, records: list[dict[str, Any]]) -> pd.DataFrame:
+        """A typed DataFrame from JSON-like records; the first bad field is an InputError."""
+        if not records:
+            raise InputError("no rows given")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise InputError("a row must be an object of column: value", row=i)
+            missing = [c for c in self.columns if c not in record]
+            if missing:
+                raise InputError("missing column", missing[0], row=i)
+            extra = [k for k in record if k not in self.columns]
+            if extra:
+                raise InputError(
+                    f"unknown field (the model reads {list(self.columns)})", extra[0], i
+                )
+            for column, kind in self.columns.items():
+                problem = _value_problem(record[column], kind)
+                if problem:
+                    raise InputError(problem, column, row=i)
+        return self.typed(pd.DataFrame.from_records(records, columns=list(self.columns)))
+
+    def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's columns in signature order, with the dtypes training gave them."""
+        out = {}
+        for column, kind in self.columns.items():
+            values = frame[column]
+            if kind == "string":
+                out[column] = values.astype("str").where(values.notna())
+            elif kind == "integer":
+                out[column] = values.astype("int64")
+            else:
+                out[column] = values.astype("float64")
+        return pd.DataFrame(out)
+
+    def bad_rows(self, frame: pd.DataFrame) -> pd.Series:
+        """Per row, the reason it cannot be scored ("" for a good row), checked column-wise."""
+        reasons = pd.Series("", index=frame.index, dtype=object)
+        for column, kind in self.columns.items():
+            values = frame[column]
+            if kind == "string":
+                bad = values.notna() & ~values.map(lambda v: isinstance(v, str))
+                problem = "must be text or null"
+            else:
+                numbers = pd.to_numeric(values, errors="coerce")
+                bad = numbers.isna()
+                if kind == "integer":
+                    bad |= numbers.notna() & (numbers % 1 != 0)
+                problem = f"must be {'an integer' if kind == 'integer' else 'a number'}"
+            first = bad & (reasons == "")
+            reasons[first] = [f"{column}: {v!r} {problem}" for v in values[first]]
+        return reasons
+
+
+def _value_problem(value: Any, kind: str) -> str:
+    if kind == "string":
+        return (
+            ""
+            if value is None or isinstance(value, str)
+            else f"must be text or null, got {value!r}"
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        name = "an integer" if kind == "integer" else "a number"
+        return f"must be {name}, got {value!r}"
+    if kind == "integer" and not float(value).is_integer():
+        return f"must be an integer, got {value!r}"
+    if value != value:
+        return "must be a number, got NaN"
+    return ""
+
+
+def resolve(release: str | None = None, model: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The model URI to serve and what identifies it: a release's model version, a given URI
+    (models:/name@alias, models:/name/version, runs:/...), or by default name@prod."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    tracking.use_defaults()
+    if release:
+        record = manifest.load(release)
+        entry = record["mlflow"]["model"]
+        meta = {
+            "name": entry["name"],
+            "version": str(entry["version"]),
+            "release": release,
+            "components": {s: c["sha"] for s, c in record["components"].items()},
+        }
+        return f"models:/{entry['name']}/{entry['version']}", meta
+    uri = model or f"models:/{DEFAULT_NAME}@{PROD_ALIAS}"
+    meta: dict[str, Any] = {}
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        try:
+            version = MlflowClient().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            raise RepriseError(
+                f"No model version of '{name}' is aliased '{alias}' in the tracking store.",
+                "promote one: make promote VERSION=X.Y.Z (or pass --model / --release).",
+            ) from None
+        meta = {"name": name, "version": str(version.version), "alias": alias}
+    return uri, meta
+
+
+def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
+    """Load the model at ``uri`` with its signature, and compile its fast path."""
+    import mlflow
+
+    meta = meta or {}
+    if meta.get("version"):
+        uri_pinned = f"models:/{meta['name']}/{meta['version']}"  # an alias may move under us
+    else:
+        uri_pinned = uri
+    try:
+        sk_model = mlflow.sklearn.load_model(uri_pinned)
+        signature = mlflow.models.get_model_info(uri_pinned).signature
+    except Exception as err:
+        raise RepriseError(
+            f"Model {uri_pinned} cannot be loaded: {err}",
+            "check the URI (models:/name/version, models:/name@alias, runs:/id/model).",
+        ) from None
+    if signature is None or signature.inputs is None:
+        raise RepriseError(f"Model {uri_pinned} has no input signature.", "log it with one.")
+    columns = {
+        spec.name: NUMERIC_TYPES.get(spec.type.name, "string") for spec in signature.inputs.inputs
+    }
+    classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {}).get(
+        "classifier"
+    )
+    if classifier is not None and hasattr(classifier, "n_jobs"):
+        classifier.n_jobs = 1  # one request is small: threads would cost more than they save
+    try:
+        scorer = FastScorer(sk_model)
+    except NotCompilable as why:
+        log.warning("model %s: no fast path (%s); scikit-learn's own path serves it", uri, why)
+        scorer = None
+    return ServedModel(
+        uri=uri_pinned,
+        model=sk_model,
+        columns=columns,
+        name=meta.get("name"),
+        version=meta.get("version"),
+        release=meta.get("release"),
+        components=meta.get("components", {}),
+        scorer=scorer,
+    )
