@@ -177,10 +177,8 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
     import mlflow
 
     meta = meta or {}
-    if meta.get("version"):
-        uri_pinned = f"models:/{meta['name']}/{meta['version']}"  # an alias may move under us
-    else:
-        uri_pinned = uri
+    # an alias may move while we load: pin the version it pointed to
+    uri_pinned = f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri
     try:
         sk_model = mlflow.sklearn.load_model(uri_pinned)
         signature = mlflow.models.get_model_info(uri_pinned).signature
