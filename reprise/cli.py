@@ -25,6 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from reprise import paths, tracking
 
+    overrides = [*args.overrides, *(["main.cache=false"] if args.no_cache else [])]
     experiment_id = tracking.use_defaults()
     # env manager "local" runs `python` (and `uv`) from PATH: make that this environment's.
     bin_dir = str(Path(sys.executable).parent)
@@ -33,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         submitted = tracking.run_project(
             str(paths.PROJECT_DIR),
             entry_point="main",
-            parameters={"steps": args.steps, "hydra_options": " ".join(args.overrides)},
+            parameters={"steps": args.steps, "hydra_options": " ".join(overrides)},
             experiment_id=experiment_id,
             env_manager="local",
             run_name="pipeline",
@@ -94,11 +95,44 @@ def _print_summary(parent_id: str) -> None:
     _out(f"Tracking URI: {mlflow.get_tracking_uri()}")
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score a file offline (reprise.serving.batch) and print what was done."""
+    from reprise.serving import batch
+
+    result = batch.predict(
+        args.input,
+        args.output,
+        release=args.release,
+        model=args.model,
+        id_column=args.id_column,
+        chunk_rows=args.chunk_rows,
+        workers=args.workers,
+        on_error=args.on_error,
+        engine=args.engine,
+    )
+    model = result.model
+    rate = result.rows_read / result.seconds if result.seconds else 0.0
+    _out(
+        f"Scored {result.input} -> {result.output} ({result.engine} engine, {result.workers} workers)"
+    )
+    _out(f"  model      {model['model_uri']}  threshold {model['threshold']:.4f}")
+    _out(f"  id column  {result.id_column}")
+    _out(
+        f"  rows read {result.rows_read:,}  scored {result.rows_scored:,}  "
+        f"quarantined {result.rows_quarantined:,}"
+    )
+    if result.quarantine is not None:
+        _out(f"  quarantine {result.quarantine}")
+    _out(f"  {result.seconds:.1f} s, {rate:,.0f} rows/s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline on the embedded defaults")
     run.add_argument("--steps", default="all", help="comma-separated steps, or all")
+    run.add_argument("--no-cache", action="store_true", help="run every step (main.cache=false)")
     run.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet"
     )
@@ -132,6 +166,62 @@ def build_parser() -> argparse.ArgumentParser:
     pub = sub.add_parser("publish-components", help="push components-repo/ as a repository")
     pub.add_argument("remote", help="git URI of the components repository to push to")
     pub.set_defaults(handler=lambda a: _call("reprise.components_release", "publish", a.remote))
+
+    serve = sub.add_parser("serve", help="serve a model over HTTP (REST, MLflow's protocol too)")
+    which = serve.add_mutually_exclusive_group()
+    which.add_argument("--release", default="", help="X.Y.Z: serve this release's model")
+    which.add_argument(
+        "--model", default="", help="a model URI (default models:/adult_income@prod)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=1024 * 1024, help="larger requests get 413"
+    )
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=5.0,
+        help="how often to check the followed alias (0: only on POST /reload)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(
+        handler=lambda a: _call(
+            "reprise.serving.server",
+            "serve",
+            a.release,
+            a.model,
+            a.host,
+            a.port,
+            a.workers,
+            a.max_body_bytes,
+            a.poll_seconds,
+            a.access_log,
+        )
+    )
+
+    predict = sub.add_parser("predict", help="score a CSV or Parquet file offline (batch)")
+    predict.add_argument("--input", required=True, help="a .csv, .csv.gz, .parquet or .pq file")
+    predict.add_argument("--output", required=True, help="a .parquet or .csv file to write")
+    which = predict.add_mutually_exclusive_group()
+    which.add_argument("--release", help="score with release X.Y.Z's model")
+    which.add_argument("--model", help="a model URI (default models:/adult_income@prod)")
+    predict.add_argument(
+        "--id-column", help="the input's id column (default: id, else row numbers)"
+    )
+    predict.add_argument("--chunk-rows", type=int, default=200_000, help="rows per chunk")
+    predict.add_argument(
+        "--workers", type=int, default=None, help="scoring processes (default: one per core)"
+    )
+    predict.add_argument(
+        "--on-error",
+        choices=["fail", "quarantine"],
+        default="fail",
+        help="a bad row stops everything (fail) or goes to <output stem>.quarantine.<suffix>",
+    )
+    predict.add_argument("--engine", choices=["local", "spark"], default="local")
+    predict.set_defaults(handler=cmd_predict)
     return parser
 
 

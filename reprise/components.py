@@ -266,4 +266,7 @@ def _found(
             "check components.repository (add '#subdir' if the components sit in a subfolder) "
             "and the version.",
         )
-    return ResolvedComponent(spec.name, repository, version, sha, path, spec.env_manager, dirty)
+    env_manager = spec.env_manager
+    if env_manager == "auto":  # a fetched component gets its own locked environment
+        env_manager = "uv" if version else "local"
+    return ResolvedComponent(spec.name, repository, version, sha, path, env_manager, dirty)

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import manifest, paths, sweep, tracking
+from reprise import cache, manifest, paths, sweep, tracking
 from reprise.components import ComponentSpec, ResolvedComponent, resolve, resolve_pinned
 from reprise.errors import RepriseError
 
@@ -31,10 +30,11 @@ STEPS = (
     "train_model",
     "test_model",
 )
-ENV_MANAGERS = ("local", "uv", "virtualenv")
+ENV_MANAGERS = ("auto", "local", "uv", "virtualenv")
 # Tags a component sets on its run for each output (see step_kit/step.py).
 OUTPUT_TAG = "reprise.output.{name}"
 OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
+OUTPUT_CONTENT_TAG = "reprise.output.{name}.digest"
 STEP_TAG = "reprise.step"
 ERROR_TAG = "reprise.error"
 
@@ -95,15 +95,33 @@ class Outputs:
     experiment_id: str
     client: MlflowClient
     produced: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+    # what identifies each output's content: its content digest, else its sha256, else the
+    # cache key of the run that made it (a model)
+    digests: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the (step, output) pairs asked for since the last clear: one step's inputs
+    requested: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, step: str, run_id: str) -> None:
         tags = self.client.get_run(run_id).data.tags
         self.produced[step] = _outputs_from_tags(tags)
         self.produced[step]["_run_id"] = (run_id, "")
+        self.digests[step] = {
+            name: tags.get(OUTPUT_CONTENT_TAG.format(name=name))
+            or sha
+            or tags.get(cache.KEY_TAG, run_id)
+            for name, (_, sha) in self.produced[step].items()
+        }
+
+    def inputs(self) -> tuple[dict[str, str], set[str]]:
+        """Digests of the outputs asked for since the last clear, and their URIs and sha256s."""
+        digests = {f"{s}.{n}": self.digests.get(s, {}).get(n, "") for s, n in self.requested}
+        references = {v for s, n in self.requested for v in self.produced[s].get(n, ()) if v}
+        return digests, references
 
     def get(self, step: str, name: str, optional: bool = False) -> tuple[str, str]:
         if step not in self.produced:
             self._load_latest(step)
+        self.requested.append((step, name))
         found = self.produced[step].get(name)
         if found is None:
             if optional:
@@ -263,6 +281,7 @@ class StepResult:
     seconds: float
     component: ResolvedComponent
     error: str = ""
+    cached_from: str = ""
 
 
 def run_pipeline(cfg: DictConfig) -> list[StepResult]:
@@ -275,6 +294,7 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
     results: list[StepResult] = []
     with sweep.pipeline_run(cfg) as parent:
         try:
+            use_cache = bool(cfg.main.cache)  # the live setting, also when rerunning a release
             release = manifest.current_release() if cfg.main.release == "auto" else None
             if release is not None:
                 # A rerun of a release: its config and its components at their recorded commits.
@@ -303,8 +323,11 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
             configure_child_environment(cfg, parent.info.run_id)
             outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
-                result = _run_step(
-                    step, components[step], PARAMS[step](cfg, outputs), parent, client
+                outputs.requested.clear()
+                params = PARAMS[step](cfg, outputs)
+                key = cache.step_key(step, components[step], params, *outputs.inputs())
+                result = _cached_or_run(
+                    step, components[step], params, key, use_cache, parent, client
                 )
                 results.append(result)
                 if result.status != "FINISHED":
@@ -321,6 +344,30 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
             _fail_running_children(client, parent.info.experiment_id, parent.info.run_id)
             _log_summary(results)
     return results
+
+
+def _cached_or_run(
+    step: str,
+    component: ResolvedComponent,
+    params: dict[str, Any],
+    key: cache.StepKey,
+    use_cache: bool,
+    parent: Any,
+    client: MlflowClient,
+) -> StepResult:
+    """Reuse a finished run with the same key, or run the step and remember its key."""
+    experiment_id = parent.info.experiment_id
+    if use_cache and (origin := cache.find(client, experiment_id, key)) is not None:
+        run_id = cache.record_hit(client, experiment_id, parent.info.run_id, step, origin, key)
+        source = origin.data.tags.get(cache.CACHED_FROM_TAG, origin.info.run_id)
+        log.info("step %s: cached from run %s (key %s)", step, source, key.key[:12])
+        return StepResult(step, run_id, "FINISHED", 0.0, component, cached_from=source)
+    reason = cache.why_not_cached(client, experiment_id, step, key) if use_cache else "cache off"
+    log.info("step %s: runs (%s)", step, reason)
+    result = _run_step(step, component, params, parent, client)
+    if result.status == "FINISHED":
+        cache.remember(client, result.run_id, key)
+    return result
 
 
 def _run_step(
@@ -345,9 +392,18 @@ def _run_step(
             synchronous=True,
         )
         run_id, status = submitted.run_id, "FINISHED"
-    except (ExecutionException, MlflowException) as err:
+    except ExecutionException as err:
         log.error("step %s: %s", step, str(err).splitlines()[0])
         run_id = _latest_child(client, parent, step)
+    except Exception as err:  # e.g. the environment could not be made: MLflow leaves it RUNNING
+        cause = (
+            f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        )
+        log.error("step %s could not start: %s", step, cause)
+        run_id = _latest_child(client, parent, step)
+        if run_id:
+            client.set_tag(run_id, ERROR_TAG, f"the step could not start: {cause}"[:5000])
+            client.set_terminated(run_id, "FAILED")
     seconds = time.monotonic() - start
     if run_id:
         for key, value in {
@@ -401,6 +457,9 @@ def _fail_running_children(client: MlflowClient, experiment_id: str, parent_id: 
 
 def _log_summary(results: list[StepResult]) -> None:
     for r in results:
+        if r.cached_from:
+            log.info("%-22s CACHED   from run %s", r.step, r.cached_from)
+            continue
         log.info(
             "%-22s %-8s %6.1f s  run %s  commit %s",
             r.step,

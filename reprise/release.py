@@ -55,7 +55,8 @@ def _run_pipeline(project_dir: Path) -> str:
         submitted = tracking.run_project(
             str(project_dir),
             entry_point="main",
-            parameters={"steps": "all", "hydra_options": ""},
+            # a release proves the whole pipeline runs: nothing is taken from the step cache
+            parameters={"steps": "all", "hydra_options": "main.cache=false"},
             experiment_id=experiment_id,
             env_manager="local",
             run_name="pipeline",

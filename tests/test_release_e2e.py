@@ -76,6 +76,7 @@ def pin(version: str, repository: str | None = None):
         if repository is not None:
             config["components"]["repository"] = repository
         config["components"]["version"] = version
+        config["components"]["env_manager"] = "local"  # uv environments are tested elsewhere
 
     return edit
 
