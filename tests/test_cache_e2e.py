@@ -1,0 +1,140 @@
+"""End to end: the step cache, with the components fetched from the git server on 127.0.0.1.
+Unchanged work is reused with its lineage; any change of a key part reruns what it touches."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from reprise.pipeline import STEPS
+from support import ComponentsRemote, Workspace, run_reprise, workspace_env
+
+pytestmark = pytest.mark.e2e
+
+SMALL = "etl.sample=sample1.parquet"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, components_remote: ComponentsRemote):
+    """A store with one whole pipeline run; ``run(...)`` reruns with the same pins."""
+    path = tmp_path_factory.mktemp("cache")
+    workspace = Workspace(path, workspace_env(path))
+    pins = (
+        SMALL,
+        f"components.repository={components_remote.url}",
+        "components.version=0.1.0",
+        "components.env_manager=local",
+    )
+
+    def run(*args: str):
+        steps = [a for a in args if a.startswith("--steps=")]
+        rest = [a for a in args if not a.startswith("--steps=")]
+        flags = ["--steps", steps[0].split("=", 1)[1]] if steps else []
+        result = run_reprise(workspace, *flags, *pins, *rest)
+        return result, latest_steps(workspace)
+
+    first, runs = run()
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    assert not any("reprise.cached_from" in r.data.tags for r in runs.values())
+    return workspace, run, runs
+
+
+def latest_steps(workspace: Workspace) -> dict:
+    """The child runs of the latest pipeline run, by step."""
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    experiment = client.get_experiment_by_name("reprise-test")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`reprise.pipeline` = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    return {c.data.tags["reprise.step"]: c for c in children if "reprise.step" in c.data.tags}
+
+
+def cached(runs: dict) -> set[str]:
+    return {step for step, run in runs.items() if "reprise.cached_from" in run.data.tags}
+
+
+def test_an_unchanged_rerun_is_all_cached_with_its_lineage(store) -> None:
+    workspace, run, first = store
+    result, runs = run()
+    assert result.returncode == 0
+    assert cached(runs) == set(STEPS)
+    for step, record in runs.items():
+        assert record.info.status == "FINISHED"
+        assert record.data.tags["reprise.cached_from"] == first[step].info.run_id
+        for key, value in first[step].data.tags.items():
+            if key.startswith("reprise.output."):
+                assert record.data.tags[key] == value, (step, key)
+    assert (
+        runs["test_model"].data.metrics["test.roc_auc"]
+        == (first["test_model"].data.metrics["test.roc_auc"])
+    )
+    assert f"step get_data: cached from run {first['get_data'].info.run_id}" in result.stderr
+
+
+def test_one_hyperparameter_reruns_train_and_test_only(store) -> None:
+    _, run, _ = store
+    result, runs = run("model.max_depth=7")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert cached(runs) == {"get_data", "basic_cleaning", "data_check", "train_val_test_split"}
+    assert "step train_model: runs (changed since run" in result.stderr
+    assert "parameters (hyperparameters)" in result.stderr
+
+
+def test_a_data_check_threshold_reruns_what_its_output_changes(store) -> None:
+    """The report's text changes, so the split reruns; its tables do not, so training is reused."""
+    _, run, _ = store
+    result, runs = run("data_check.ks_alpha=0.01")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "data_check" not in cached(runs) and "train_val_test_split" not in cached(runs)
+    assert {"get_data", "basic_cleaning", "train_model", "test_model"} <= cached(runs)
+
+
+@pytest.mark.parametrize(
+    ("args", "part"),
+    [
+        (("--steps=get_data", "components.version=0.2.0"), "code"),
+        (("--steps=get_data", "etl.reference=null"), "parameters (reference)"),
+        (("--steps=get_data", "components.overrides.get_data.env_manager=uv"), "environment"),
+        (("--steps=get_data,basic_cleaning", "etl.sample=sample2.parquet"), "parameters"),
+    ],
+)
+def test_each_part_of_the_key_misses(store, args: tuple[str, ...], part: str) -> None:
+    _, run, _ = store
+    result, runs = run(*args)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "get_data" not in cached(runs)
+    assert "step get_data: runs (changed since run" in result.stderr
+    assert part in result.stderr.split("step get_data: runs")[1].splitlines()[0]
+    if "basic_cleaning" in runs:  # new data: the next step's input changed
+        assert "basic_cleaning" not in cached(runs)
+        assert "inputs" in result.stderr.split("step basic_cleaning: runs")[1].splitlines()[0]
+
+
+def test_a_failed_step_is_never_reused(store) -> None:
+    _, run, _ = store
+    for _ in range(2):
+        result, runs = run("--steps=test_model", "evaluation.gate.min_roc_auc=0.99")
+        assert result.returncode != 0
+        assert runs["test_model"].info.status == "FAILED"
+        assert "test_model" not in cached(runs)
+
+
+def test_no_cache_runs_everything(store) -> None:
+    workspace, _, _ = store
+    result = run_reprise(workspace, "--steps", "get_data", "--no-cache", SMALL)
+    assert result.returncode == 0
+    assert "step get_data: runs (cache off)" in result.stderr
+
+
+def test_checkouts_are_kept_once_per_commit(store, components_remote: ComponentsRemote) -> None:
+    workspace, _, _ = store
+    checkouts = workspace.path / "cache" / "checkouts"
+    names = sorted(p.name for p in checkouts.iterdir())
+    assert names == sorted(components_remote.tags.values())  # 0.1.0 and 0.2.0, nothing else
