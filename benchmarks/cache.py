@@ -103,7 +103,7 @@ def run(env: dict[str, str], *args: str) -> tuple[float, dict[str, float], str]:
         parts = line.split()
         if len(parts) > 3 and parts[1] in ("FINISHED",) and parts[3] == "s":
             steps[parts[0]] = float(parts[2])
-    for line in result.stderr.splitlines():
+    for line in (result.stdout + result.stderr).splitlines():
         if "reprise.pipeline" in line and (": runs (" in line or ": cached from" in line):
             kinds.append("cached" if "cached from" in line else "ran")
     return wall, steps, f"{kinds.count('ran')} ran, {kinds.count('cached')} cached"

@@ -39,6 +39,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, components_remote: Component
     return workspace, run, runs
 
 
+def log_of(result) -> str:
+    """Everything a run printed (the pipeline's log goes to stdout, MLflow's to stderr)."""
+    return result.stdout + result.stderr
+
+
 def latest_steps(workspace: Workspace) -> dict:
     """The child runs of the latest pipeline run, by step."""
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
@@ -75,23 +80,23 @@ def test_an_unchanged_rerun_is_all_cached_with_its_lineage(store) -> None:
         runs["test_model"].data.metrics["test.roc_auc"]
         == (first["test_model"].data.metrics["test.roc_auc"])
     )
-    assert f"step get_data: cached from run {first['get_data'].info.run_id}" in result.stderr
+    assert f"step get_data: cached from run {first['get_data'].info.run_id}" in log_of(result)
 
 
 def test_one_hyperparameter_reruns_train_and_test_only(store) -> None:
     _, run, _ = store
     result, runs = run("model.max_depth=7")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, log_of(result)[-3000:]
     assert cached(runs) == {"get_data", "basic_cleaning", "data_check", "train_val_test_split"}
-    assert "step train_model: runs (changed since run" in result.stderr
-    assert "parameters (hyperparameters)" in result.stderr
+    assert "step train_model: runs (changed since run" in log_of(result)
+    assert "parameters (hyperparameters)" in log_of(result)
 
 
 def test_a_data_check_threshold_reruns_what_its_output_changes(store) -> None:
     """The report's text changes, so the split reruns; its tables do not, so training is reused."""
     _, run, _ = store
     result, runs = run("data_check.ks_alpha=0.01")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, log_of(result)[-3000:]
     assert "data_check" not in cached(runs) and "train_val_test_split" not in cached(runs)
     assert {"get_data", "basic_cleaning", "train_model", "test_model"} <= cached(runs)
 
@@ -108,13 +113,13 @@ def test_a_data_check_threshold_reruns_what_its_output_changes(store) -> None:
 def test_each_part_of_the_key_misses(store, args: tuple[str, ...], part: str) -> None:
     _, run, _ = store
     result, runs = run(*args)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, log_of(result)[-3000:]
     assert "get_data" not in cached(runs)
-    assert "step get_data: runs (changed since run" in result.stderr
-    assert part in result.stderr.split("step get_data: runs")[1].splitlines()[0]
+    assert "step get_data: runs (changed since run" in log_of(result)
+    assert part in log_of(result).split("step get_data: runs")[1].splitlines()[0]
     if "basic_cleaning" in runs:  # new data: the next step's input changed
         assert "basic_cleaning" not in cached(runs)
-        assert "inputs" in result.stderr.split("step basic_cleaning: runs")[1].splitlines()[0]
+        assert "inputs" in log_of(result).split("step basic_cleaning: runs")[1].splitlines()[0]
 
 
 def test_a_failed_step_is_never_reused(store) -> None:
@@ -130,7 +135,7 @@ def test_no_cache_runs_everything(store) -> None:
     workspace, _, _ = store
     result = run_reprise(workspace, "--steps", "get_data", "--no-cache", SMALL)
     assert result.returncode == 0
-    assert "step get_data: runs (cache off)" in result.stderr
+    assert "step get_data: runs (cache off)" in log_of(result)
 
 
 def test_checkouts_are_kept_once_per_commit(store, components_remote: ComponentsRemote) -> None:
