@@ -74,6 +74,20 @@ release-components: setup ## Cut a release of components-repo/: PART=patch|minor
 publish-components: setup ## Push components-repo/ and its tags as a repository of its own to REMOTE=uri
 	$(PY) -m reprise publish-components $(REMOTE)
 
+# make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
+# prod alias, followed as it moves) and where; SERVE_ARGS passes more (--poll-seconds, ...).
+RELEASE ?=
+MODEL ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 1
+SERVE_ARGS ?=
+.PHONY: serve
+
+serve: setup ## Serve the prod model over HTTP (RELEASE=X.Y.Z or MODEL=uri, PORT=8000, WORKERS=1, SERVE_ARGS=...)
+	$(PY) -m reprise serve $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)") \
+	  --host $(HOST) --port $(PORT) --workers $(WORKERS) $(SERVE_ARGS)
+
 lint: setup ## Check style and common mistakes (ruff)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
