@@ -20,7 +20,12 @@ def _out(line: str = "") -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the pipeline project with the local environment, then say where to look."""
+    """Run the pipeline on the embedded defaults, then say where to look.
+
+    A single run goes in this process (the project's config composed by Hydra, one process start
+    less than `mlflow run project`); a sweep (-m) goes through the MLflow project, as Hydra's
+    multirun needs its own app.
+    """
     from mlflow.projects import ExecutionException
 
     from reprise import paths, tracking
@@ -30,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # env manager "local" runs `python` (and `uv`) from PATH: make that this environment's.
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    if not {"-m", "--multirun"} & set(overrides):
+        return _run_in_process(args.steps, overrides, experiment_id)
     try:
         submitted = tracking.run_project(
             str(paths.PROJECT_DIR),
@@ -43,6 +50,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", _failure_line(str(err)))
         return 1
     _print_summary(submitted.run_id)
+    return 0
+
+
+def _run_in_process(steps: str, overrides: list[str], experiment_id: str) -> int:
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from reprise import paths
+    from reprise.pipeline import run_pipeline
+
+    # as main.py does: one orchestrator line per step instead of MLflow's command echo
+    logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
+    try:
+        with initialize_config_dir(str(paths.PROJECT_DIR / "config"), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, f"main.steps='{steps}'"])
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        log.error("bad configuration: %s%s", " ".join(str(err).split()), cause)
+        return 1
+    mlflow.set_experiment(experiment_id=experiment_id)
+    try:
+        run_pipeline(cfg, run_name="pipeline", source=str(paths.PROJECT_DIR))
+    except RepriseError as err:
+        log.error("pipeline failed: %s", err)
+        return 1
+    _print_summary(mlflow.last_active_run().info.run_id)
     return 0
 
 

@@ -284,7 +284,7 @@ class StepResult:
     cached_from: str = ""
 
 
-def run_pipeline(cfg: DictConfig) -> list[StepResult]:
+def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[StepResult]:
     """Check everything that can be checked up front, then run the selected steps in order.
 
     Every failure is a RepriseError, also recorded on the pipeline run (tag reprise.error).
@@ -292,7 +292,9 @@ def run_pipeline(cfg: DictConfig) -> list[StepResult]:
     check_tracking_uri()
     client = MlflowClient()
     results: list[StepResult] = []
-    with sweep.pipeline_run(cfg) as parent:
+    with sweep.pipeline_run(cfg, run_name) as parent:
+        if source:  # run in process (not by `mlflow run`): say where it came from
+            mlflow.set_tag("mlflow.source.name", source)
         try:
             use_cache = bool(cfg.main.cache)  # the live setting, also when rerunning a release
             release = manifest.current_release() if cfg.main.release == "auto" else None

@@ -42,12 +42,12 @@ def selection_metric(cfg: DictConfig) -> str:
 
 
 @contextmanager
-def pipeline_run(cfg: DictConfig) -> Iterator[Any]:
+def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
     """The MLflow run of one pipeline: the active (or a new) run, or in a multirun a point nested
     under the sweep run. A failed point fails only itself; the summary is updated after each."""
     global _sweep_run_id
     if not is_multirun():
-        with mlflow.start_run() as run:
+        with mlflow.start_run(run_name=run_name or None) as run:
             yield run
         return
     metric = selection_metric(cfg)
