@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import sysconfig
 import logging
 from dataclasses import dataclass
 from importlib.metadata import distributions
@@ -56,7 +57,9 @@ def _files_digest(folder: Path) -> str:
 @functools.cache
 def _this_environment() -> str:
     """Digest of the packages installed in this interpreter (for env_manager local)."""
-    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())
+    # only the interpreter's site-packages: the working folder may hold a stray *.egg-info
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions(path=paths))
     return _hash(packages)
 
 
