@@ -223,7 +223,6 @@ def served_store(tmp_path_factory: pytest.TempPathFactory) -> ServedStore:
 
     path = tmp_path_factory.mktemp("served")
     workspace = Workspace(path, workspace_env(path))
-    workspace.env["WANDB_MODE"] = "disabled"
     result = run_reprise(workspace)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     client = MlflowClient(tracking_uri=workspace.tracking_uri)

@@ -91,7 +91,6 @@ def project(
     git("config", "user.email", "release@reprise.invalid", cwd=work)
     git("config", "user.name", "Reprise release tests", cwd=work)
     env = workspace_env(base)
-    env["WANDB_MODE"] = "disabled"  # the mirror is tested elsewhere; here it only costs time
     project = Project(work, f"{git_server.url}/reprise.git", Workspace(base, env))
     project.set_config("config.yaml", pin("0.1.0", components_remote.url))
     project.set_config("etl/default.yaml", lambda etl: etl.update(sample="sample1.parquet"))
