@@ -26,9 +26,14 @@ PART ?=
 VERSION ?=
 DEST ?=
 REMOTE ?=
+# make predict (RELEASE and MODEL as for make serve)
+INPUT ?=
+OUTPUT ?=
+ENGINE ?= local
+ON_ERROR ?= fail
 
 .PHONY: help setup run test test-fast lint format lock clean release verify restore promote \
-	releases release-components publish-components
+	releases release-components publish-components predict
 
 help: ## List the commands
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -73,6 +78,10 @@ release-components: setup ## Cut a release of components-repo/: PART=patch|minor
 
 publish-components: setup ## Push components-repo/ and its tags as a repository of its own to REMOTE=uri
 	$(PY) -m reprise publish-components $(REMOTE)
+
+predict: setup ## Score a file offline: INPUT=in.parquet|csv OUTPUT=out.parquet|csv (RELEASE=, MODEL=, ENGINE=local|spark, ON_ERROR=fail|quarantine)
+	$(PY) -m reprise predict --input "$(INPUT)" --output "$(OUTPUT)" --engine $(ENGINE) --on-error $(ON_ERROR) \
+	  $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)")
 
 # make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
 # prod alias, followed as it moves) and where; SERVE_ARGS passes more (--poll-seconds, ...).

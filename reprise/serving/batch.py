@@ -1,0 +1,949 @@
+"""Offline (batch) scoring of a file: stream it in chunks through a pool of processes (or Apache
+Spark), write each row's id, probability and label, and set rows that cannot be scored aside or
+stop at the first one. Nothing is half-written: outputs go to a temporary file beside the target
+and are renamed into place at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from reprise.errors import RepriseError
+from reprise.serving import model as serving_model
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "spark")
+ON_ERROR = ("fail", "quarantine")
+DEFAULT_CHUNK_ROWS = 200_000
+# Rows scored at once inside a worker: bounds the one-hot matrix (rows x ~100 float64).
+SCORE_SLICE_ROWS = 50_000
+# Bytes the CSV reader parses at once; chunks of rows are cut from these blocks.
+CSV_BLOCK_BYTES = 8 << 20
+INPUT_SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+OUTPUT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+ID_DEFAULT = "id"
+ROW_COLUMN = "row"  # the generated id: 0-based row number in the input
+PROBABILITY, LABEL, REASON = "probability", "label", "reason"
+SPARK_MASTER_ENV = "REPRISE_SPARK_MASTER"  # a cluster's master URL; default local[workers]
+PANDAS3_WARNING = "PySpark does not yet fully support pandas"
+SPARK_START_HINT = (
+    "install Java 17 (JAVA_HOME) and the spark extra (make setup), or use --engine local"
+)
+
+
+@dataclass
+class BatchResult:
+    """What a batch scoring did: where, with which model, how many rows."""
+
+    input: Path
+    output: Path
+    quarantine: Path | None
+    model: dict[str, Any]
+    engine: str
+    workers: int
+    id_column: str
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_quarantined: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Plan:
+    """The files and columns of one batch scoring, checked before any row is scored."""
+
+    input: Path
+    input_format: str
+    output: Path
+    output_format: str
+    quarantine: Path | None
+    columns: dict[str, str]  # model column -> "integer" | "number" | "string"
+    id_column: str  # the input's id column, or ROW_COLUMN when generated
+    id_generated: bool
+    read_columns: list[str] = field(default_factory=list)  # model columns + id, each once
+
+
+# --- planning -----------------------------------------------------------------------------------
+def _suffix(path: Path, known: dict[str, str], what: str) -> str:
+    name = path.name.lower()
+    for suffix, kind in sorted(known.items(), key=lambda item: -len(item[0])):
+        if name.endswith(suffix):
+            return kind
+    raise RepriseError(
+        f"{what} {path} has an unknown file type.",
+        f"name it with one of {', '.join(known)} (the type is taken from the suffix).",
+    )
+
+
+def quarantine_path(output: Path) -> Path:
+    """The side file of the rows that could not be scored: <stem>.quarantine.<suffix>."""
+    return output.with_name(f"{output.stem}.quarantine{output.suffix}")
+
+
+def _arrow_kind(kind: pa.DataType) -> str:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_null(kind):
+        return "null"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "string"
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return "number"
+    return "other"
+
+
+def _check_input_columns(
+    available: dict[str, tuple[str, str]], columns: dict[str, str], source: Path
+) -> None:
+    """Every model column present with a type that can hold its values; else one clear error.
+
+    ``available`` maps each input column to (kind, type name as the file spells it)."""
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise RepriseError(
+            f"{source} lacks the model column(s) {', '.join(repr(c) for c in missing)} "
+            f"(it has {', '.join(available) or 'no columns'}).",
+            f"add them; the model reads {', '.join(columns)}.",
+        )
+    for column, wanted in columns.items():
+        kind, spelled = available[column]
+        fits = kind in ("null", "string") or (kind == "number" and wanted != "string")
+        if not fits:
+            reads = (
+                "text"
+                if wanted == "string"
+                else f"an {wanted}"
+                if wanted == "integer"
+                else "a number"
+            )
+            raise RepriseError(
+                f"Column {column!r} of {source} holds {spelled}; the model reads {reads}.",
+                f"write {column!r} as {reads} (a string column is checked row by row).",
+            )
+
+
+def _plan(
+    input_path: Path,
+    output_path: Path,
+    columns: dict[str, str],
+    available: dict[str, tuple[str, str]],
+    id_column: str | None,
+    on_error: str,
+) -> _Plan:
+    """Choose the id column and the columns to read; check the input has what the model reads."""
+    _check_input_columns(available, columns, input_path)
+    if id_column and id_column not in available:
+        raise RepriseError(
+            f"--id-column {id_column!r} is not a column of {input_path}.",
+            f"pass one of {', '.join(available)}, or leave it out (then 'id', else row numbers).",
+        )
+    chosen = id_column or (ID_DEFAULT if ID_DEFAULT in available else ROW_COLUMN)
+    generated = not id_column and ID_DEFAULT not in available
+    clashes = {PROBABILITY, LABEL} | ({REASON} if on_error == "quarantine" else set())
+    if chosen in clashes:
+        raise RepriseError(
+            f"The id column {chosen!r} has the name of an output column.",
+            f"rename it in the input (the output adds {', '.join(sorted(clashes))}).",
+        )
+    read = list(columns) + ([] if generated or chosen in columns else [chosen])
+    return _Plan(
+        input=input_path,
+        input_format=INPUT_SUFFIXES.get(_input_suffix(input_path), "parquet"),
+        output=output_path,
+        output_format=_suffix(output_path, OUTPUT_SUFFIXES, "OUTPUT"),
+        quarantine=quarantine_path(output_path) if on_error == "quarantine" else None,
+        columns=columns,
+        id_column=chosen,
+        id_generated=generated,
+        read_columns=read,
+    )
+
+
+def _input_suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".csv.gz" if name.endswith(".csv.gz") else path.suffix.lower()
+
+
+def _check_paths(input_path: Path, output_path: Path, engine: str) -> str:
+    """The input's format; refuses what cannot work before anything is loaded."""
+    if not input_path.exists():
+        raise RepriseError(
+            f"INPUT {input_path} does not exist.", "give the path of a CSV or Parquet file."
+        )
+    if input_path.is_dir() and engine == "local":
+        raise RepriseError(
+            f"INPUT {input_path} is a folder; the local engine reads one file.",
+            "give one file, or use --engine spark for a folder of part files.",
+        )
+    kind = _suffix(input_path, INPUT_SUFFIXES, "INPUT")
+    _suffix(output_path, OUTPUT_SUFFIXES, "OUTPUT")
+    if not output_path.parent.is_dir():
+        raise RepriseError(
+            f"The folder of OUTPUT, {output_path.parent}, does not exist.", "create it first."
+        )
+    if output_path.resolve() == input_path.resolve():
+        raise RepriseError("OUTPUT is INPUT: scoring would replace the data.", "write elsewhere.")
+    return kind
+
+
+# --- reading --------------------------------------------------------------------------------------
+def _csv_header(path: Path) -> list[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise RepriseError(
+            f"INPUT {path} cannot be read as CSV: {err}", "give a UTF-8 CSV file with a header."
+        ) from None
+
+
+def _available_local(path: Path, kind: str) -> dict[str, tuple[str, str]]:
+    """The input's columns and their kinds; CSV columns are text, checked row by row."""
+    if kind == "csv":
+        return {name: ("string", "text") for name in _csv_header(path)}
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise RepriseError(
+            f"INPUT {path} cannot be read as Parquet: {err}", "give a valid Parquet file."
+        ) from None
+    return {f.name: (_arrow_kind(f.type), str(f.type)) for f in schema}
+
+
+class _Source:
+    """The input as Arrow batches of the columns to read, and how far reading has got."""
+
+    def __init__(self, plan: _Plan, chunk_rows: int) -> None:
+        self.plan = plan
+        self.chunk_rows = chunk_rows
+        self.total_rows: int | None = None
+        self._raw: pa.NativeFile | None = None
+        self._size = plan.input.stat().st_size
+
+    def fraction(self) -> float | None:
+        """How much of a CSV file has been read (None when unknown)."""
+        if self._raw is None or self._raw.closed or not self._size:
+            return None
+        return min(1.0, self._raw.tell() / self._size)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        if self.plan.input_format == "parquet":
+            parquet = pq.ParquetFile(self.plan.input)
+            self.total_rows = parquet.metadata.num_rows
+            yield from parquet.iter_batches(
+                batch_size=self.chunk_rows, columns=self.plan.read_columns
+            )
+            return
+        self._raw = pa.OSFile(str(self.plan.input))
+        stream = (
+            pa.CompressedInputStream(self._raw, "gzip")
+            if self.plan.input.name.lower().endswith(".gz")
+            else self._raw
+        )
+        reader = pa_csv.open_csv(
+            stream,
+            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pa_csv.ConvertOptions(
+                # every column as text: a bad value is a bad row, not a reader crash
+                column_types={c: pa.string() for c in self.plan.read_columns},
+                include_columns=self.plan.read_columns,
+                strings_can_be_null=True,
+                null_values=[""],
+            ),
+        )
+        with contextlib.closing(self._raw):
+            yield from reader
+
+    def chunks(self) -> Iterator[pa.Table]:
+        """Tables of exactly chunk_rows rows (the last may be shorter), in file order."""
+        pending: list[pa.RecordBatch] = []
+        held = 0
+        try:
+            for batch in self.batches():
+                while batch.num_rows:
+                    take = min(self.chunk_rows - held, batch.num_rows)
+                    pending.append(batch.slice(0, take))
+                    held += take
+                    batch = batch.slice(take)
+                    if held == self.chunk_rows:
+                        yield pa.Table.from_batches(pending)
+                        pending, held = [], 0
+        except pa.ArrowException as err:
+            raise RepriseError(
+                f"INPUT {self.plan.input} cannot be read: {str(err).splitlines()[0]}",
+                "repair the file (each CSV line needs every column of the header).",
+            ) from None
+        if held:
+            yield pa.Table.from_batches(pending)
+
+
+# --- scoring (in worker processes) ----------------------------------------------------------------
+_SERVED: serving_model.ServedModel | None = None
+
+
+@dataclass
+class _Scores:
+    """A chunk's result: scores of its good rows, positions and reasons of its bad rows."""
+
+    probability: np.ndarray
+    label: np.ndarray
+    bad_positions: np.ndarray
+    bad_reasons: list[str]
+
+
+def _limit_threads() -> None:
+    """One thread of native code per process: the processes are the parallelism."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _init_worker(model_bytes: bytes) -> None:
+    """Process pool initializer: the model, once per worker; Ctrl-C is the parent's to handle."""
+    global _SERVED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_threads()
+    _SERVED = pickle.loads(model_bytes)
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+def check_and_type(
+    served: serving_model.ServedModel, frame: pd.DataFrame
+) -> tuple[pd.Series, pd.DataFrame]:
+    """(reason per row, "" for a good one; the good rows typed as the model was trained).
+
+    ServedModel.bad_rows decides; it runs only when a vectorised look finds a possibly bad value
+    (a chunk of clean rows skips its per-value checks, the slow part)."""
+    numbers = {
+        c: pd.to_numeric(frame[c], errors="coerce")
+        for c, kind in served.columns.items()
+        if kind != "string" and not pd.api.types.is_numeric_dtype(frame[c])
+    }
+    if _surely_good(served.columns, frame, numbers):
+        reasons = pd.Series("", index=frame.index, dtype=object)
+        good = frame
+    else:
+        reasons = served.bad_rows(frame)
+        keep = (reasons == "").to_numpy()
+        good = frame.loc[keep]
+        numbers = {c: values.loc[keep] for c, values in numbers.items()}
+    return reasons, served.typed(good.assign(**numbers) if numbers else good)
+
+
+def _surely_good(
+    columns: dict[str, str], frame: pd.DataFrame, numbers: dict[str, pd.Series]
+) -> bool:
+    """True only when ServedModel.bad_rows would find no bad row: text columns of a string
+    dtype (text or missing, nothing else), numbers present and whole where integers are read."""
+    for column, kind in columns.items():
+        if kind == "string":
+            if not isinstance(frame[column].dtype, pd.StringDtype):
+                return False
+            continue
+        values = numbers.get(column, frame[column])
+        if pd.api.types.is_bool_dtype(values) or values.isna().any():
+            return False
+        fractional = kind == "integer" and not pd.api.types.is_integer_dtype(values)
+        if fractional and bool((values % 1 != 0).any()):
+            return False
+    return True
+
+
+def score_frame(
+    served: serving_model.ServedModel, frame: pd.DataFrame, stop_on_bad: bool = False
+) -> _Scores:
+    """Check every row of ``frame``, score the good ones (in slices, to bound memory)."""
+    reasons, typed = check_and_type(served, frame)
+    bad = np.flatnonzero((reasons != "").to_numpy())
+    bad_reasons = [str(r) for r in reasons.iloc[bad]]
+    if stop_on_bad and len(bad):
+        empty = np.empty(0)
+        return _Scores(empty, empty.astype(np.int64), bad, bad_reasons)
+    probabilities, labels = [], []
+    for start in range(0, len(typed), SCORE_SLICE_ROWS):
+        proba, label = served.score(typed.iloc[start : start + SCORE_SLICE_ROWS])
+        probabilities.append(np.asarray(proba, dtype=np.float64))
+        labels.append(np.asarray(label, dtype=np.int64))
+    probability = np.concatenate(probabilities) if probabilities else np.empty(0)
+    label = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+    return _Scores(probability, label, bad, bad_reasons)
+
+
+def _score_chunk(data: bytes, stop_on_bad: bool) -> _Scores:
+    """Worker task: a chunk as Arrow IPC bytes -> its scores."""
+    if _SERVED is None:
+        raise RuntimeError("worker started without a model")
+    return score_frame(_SERVED, _from_ipc(data).to_pandas(), stop_on_bad)
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def _put_in_place(temp: Path, target: Path) -> None:
+    """Rename ``temp`` to ``target``, replacing what is there (a file, or a folder of parts)."""
+    if target.exists() and (target.is_dir() or temp.is_dir()) and not target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        temp.rename(target)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+        return
+    os.replace(temp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Writer:
+    """Writes Arrow batches to a temporary file beside ``target``; commit() renames it there."""
+
+    def __init__(self, target: Path, kind: str, schema: pa.Schema) -> None:
+        self.target = target
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        os.close(fd)
+        self.temp = Path(name)
+        self.temp.chmod(0o666 & ~_umask())  # as a plain open() would make it, not mkstemp's 0600
+        self.rows = 0
+        if kind == "parquet":
+            self._writer: Any = pq.ParquetWriter(self.temp, schema)
+        else:
+            self._writer = pa_csv.CSVWriter(str(self.temp), schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def commit(self) -> None:
+        self.close()
+        _put_in_place(self.temp, self.target)
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+        self.temp.unlink(missing_ok=True)
+
+
+# --- progress ---------------------------------------------------------------------------------------
+class _Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, source: _Source) -> None:
+        self.source = source
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.rows = 0
+
+    def update(self, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.2:
+            return
+        self.last = now
+        total = self.source.total_rows
+        fraction = self.rows / total if total else self.source.fraction()
+        rate = self.rows / max(now - self.start, 1e-9)
+        bar = ""
+        if fraction is not None:
+            filled = int(fraction * 30)
+            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {fraction:4.0%} "
+        sys.stderr.write(f"\rpredict {bar}{self.rows:,} rows, {rate:,.0f} rows/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# --- the local engine -------------------------------------------------------------------------------
+def _id_values(plan: _Plan, table: pa.Table, first_row: int) -> pa.Array:
+    if plan.id_generated:
+        return pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))
+    return table.column(plan.id_column).combine_chunks()
+
+
+def _bad_row_error(
+    plan: _Plan, row: int, ident: Any, reason: str, count: int, where: str
+) -> RepriseError:
+    which = f"row {row}" + ("" if plan.id_generated else f" ({plan.id_column} {ident!r})")
+    more = f" ({count} bad rows {where})" if count > 1 else ""
+    return RepriseError(
+        f"{which} of {plan.input} cannot be scored: {reason}{more}; no output was written.",
+        "correct the value (rows count from 0, the header not counted), or pass "
+        "--on-error quarantine to set bad rows aside and score the rest.",
+    )
+
+
+def _id_type(plan: _Plan) -> pa.DataType:
+    """The id's type in the output: as the input has it (text from CSV), int64 when generated."""
+    if plan.id_generated:
+        return pa.int64()
+    if plan.input_format == "csv":
+        return pa.string()
+    return pq.read_schema(plan.input).field(plan.id_column).type
+
+
+def _predict_local(
+    plan: _Plan, served: serving_model.ServedModel, chunk_rows: int, workers: int, fail: bool
+) -> tuple[int, int, int, int]:
+    """Score the input chunk by chunk, in input order; (read, scored, quarantined, workers)."""
+    source = _Source(plan, chunk_rows)
+    id_type = _id_type(plan)
+    out_schema = pa.schema(
+        [(plan.id_column, id_type), (PROBABILITY, pa.float64()), (LABEL, pa.int64())]
+    )
+    side_schema = pa.schema([(plan.id_column, id_type), (REASON, pa.string())])
+    out = _Writer(plan.output, plan.output_format, out_schema)
+    side = _Writer(plan.quarantine, plan.output_format, side_schema) if plan.quarantine else None
+    progress = _Progress(source)
+    counts = {"read": 0, "scored": 0, "quarantined": 0}
+
+    def take(ids: pa.Array, first_row: int, scores: _Scores) -> None:
+        """Write one scored chunk, given its ids (or stop at its first bad row)."""
+        bad = scores.bad_positions
+        if fail and len(bad):
+            position = int(bad[0])
+            raise _bad_row_error(
+                plan,
+                first_row + position,
+                ids[position].as_py(),
+                scores.bad_reasons[0],
+                len(bad),
+                f"in rows {first_row}-{first_row + len(ids) - 1}",
+            )
+        good = np.ones(len(ids), dtype=bool)
+        good[bad] = False
+        if int(good.sum()) != len(scores.probability):
+            raise AssertionError("a chunk's scores do not match its good rows")
+        out.write(
+            pa.record_batch(
+                [ids.filter(pa.array(good)), pa.array(scores.probability), pa.array(scores.label)],
+                schema=out_schema,
+            )
+        )
+        if side is not None and len(bad):
+            reasons = pa.array(scores.bad_reasons, pa.string())
+            side.write(pa.record_batch([ids.take(pa.array(bad)), reasons], schema=side_schema))
+        counts["read"] += len(ids)
+        counts["scored"] += len(scores.probability)
+        counts["quarantined"] += len(bad)
+        progress.update(len(ids))
+
+    chunks = source.chunks()
+    try:
+        head = list(itertools.islice(chunks, 2))  # one chunk only: no processes to start
+        chunks = itertools.chain(head, chunks)
+        if workers == 1 or len(head) < 2:
+            workers = 1
+            _limit_threads()
+            offset = 0
+            for table in chunks:
+                frame = table.select(list(plan.columns)).to_pandas()
+                scores = score_frame(served, frame, stop_on_bad=fail)
+                take(_id_values(plan, table, offset), offset, scores)
+                offset += table.num_rows
+        else:
+            _score_in_pool(plan, served, workers, chunks, take, fail)
+        read, scored, quarantined = counts["read"], counts["scored"], counts["quarantined"]
+        if read != scored + quarantined:
+            raise AssertionError(f"rows read {read} != scored {scored} + quarantined {quarantined}")
+        if side is not None:
+            side.commit()
+        out.commit()
+    except BaseException:
+        out.discard()
+        if side is not None:
+            side.discard()
+        raise
+    finally:
+        progress.close()
+    return read, scored, quarantined, workers
+
+
+def _score_in_pool(
+    plan: _Plan,
+    served: serving_model.ServedModel,
+    workers: int,
+    chunks: Iterator[pa.Table],
+    take: Callable[[pa.Array, int, _Scores], None],
+    fail: bool,
+) -> None:
+    """Score chunks in ``workers`` processes, at most two per worker in flight, in input order."""
+    # forkserver: a clean process imports the model's code once and forks the workers from it
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["reprise.serving.model", "threadpoolctl"])
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(pickle.dumps(served),)
+    )
+    pending: deque[tuple[pa.Array, int, Future[_Scores]]] = deque()
+    columns = list(plan.columns)
+    offset = 0
+    try:
+        for table in chunks:
+            data = _to_ipc(table.select(columns))
+            ids = _id_values(plan, table, offset)  # all the parent keeps of a chunk in flight
+            pending.append((ids, offset, pool.submit(_score_chunk, data, fail)))
+            offset += table.num_rows
+            del table, data
+            while len(pending) >= 2 * workers:
+                take(*_done(pending.popleft()))
+        while pending:
+            take(*_done(pending.popleft()))
+    except BrokenProcessPool as err:
+        raise RepriseError(
+            f"A scoring process died ({err}); often it ran out of memory.",
+            "use fewer --workers or a smaller --chunk-rows.",
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _done(item: tuple[pa.Array, int, Future[_Scores]]) -> tuple[pa.Array, int, _Scores]:
+    ids, offset, future = item
+    return ids, offset, future.result()
+
+
+# --- the Spark engine -------------------------------------------------------------------------------
+_SPARK_MODELS: dict[str, serving_model.ServedModel] = {}
+
+
+def _executor_model(uri: str, meta: dict[str, Any]) -> serving_model.ServedModel:
+    """The model in a Spark Python worker, loaded once per worker from its URI."""
+    if uri not in _SPARK_MODELS:
+        _limit_threads()
+        _SPARK_MODELS[uri] = serving_model.load(uri, meta)
+    return _SPARK_MODELS[uri]
+
+
+def _spark_session(workers: int, chunk_rows: int) -> Any:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise RepriseError("pyspark is not installed.", SPARK_START_HINT) from None
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # pyspark 4.3 warns on every pandas UDF that pandas 3 is not fully supported; the scores
+    # are checked equal to the local engine's (tests/test_batch_e2e.py)
+    os.environ.setdefault("PYTHONWARNINGS", f"ignore:{PANDAS3_WARNING}:FutureWarning")
+    warnings.filterwarnings("ignore", message=PANDAS3_WARNING, category=FutureWarning)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    master = os.environ.get(SPARK_MASTER_ENV) or f"local[{workers}]"
+    builder = SparkSession.builder.master(master).appName("reprise-predict")
+    if master.startswith("local"):  # nothing listens beyond this machine
+        builder = builder.config("spark.driver.host", "127.0.0.1").config(
+            "spark.driver.bindAddress", "127.0.0.1"
+        )
+    builder = (
+        builder.config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(min(chunk_rows, 100_000)))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.executorEnv.MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI", ""))
+    )
+    try:
+        spark = builder.getOrCreate()
+    except Exception as err:
+        raise RepriseError(
+            f"Spark could not start: {str(err).splitlines()[0]}", SPARK_START_HINT
+        ) from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _spark_kind(data_type: Any) -> tuple[str, str]:
+    from pyspark.sql import types as T
+
+    spelled = data_type.simpleString()
+    if isinstance(data_type, T.StringType | T.VarcharType | T.CharType):
+        return "string", spelled
+    if isinstance(data_type, T.NullType):
+        return "null", spelled
+    if isinstance(data_type, T.NumericType):
+        return "number", spelled
+    return "other", spelled
+
+
+def _spark_type(kind: str) -> Any:
+    from pyspark.sql import types as T
+
+    return {"integer": T.LongType(), "number": T.DoubleType()}.get(kind, T.StringType())
+
+
+def _with_row_numbers(frame: Any) -> Any:
+    """A 0-based row number in read order, computed in the JVM: the partition's offset plus the
+    position in it (monotonically_increasing_id holds the partition in its upper 31 bits)."""
+    from pyspark.sql import functions as F
+
+    frame = frame.withColumn("_mid", F.monotonically_increasing_id())
+    partition = F.shiftright(F.col("_mid"), 33)
+    counts = sorted(
+        (row["p"], row["n"])
+        for row in frame.groupBy(partition.alias("p")).agg(F.count("*").alias("n")).collect()
+    )
+    offsets, total = [], 0
+    for part, count in counts:
+        offsets += [F.lit(part), F.lit(total)]
+        total += count
+    if not offsets:
+        return frame.withColumn("_row", F.lit(0).cast("long")).drop("_mid")
+    start = F.create_map(*offsets)[partition]
+    row = F.col("_mid") - F.shiftleft(partition, 33) + start
+    return frame.withColumn("_row", row).drop("_mid")
+
+
+def _column_with_gaps(values: pd.Series, good: np.ndarray, kind: str) -> Any:
+    """A typed column of the good rows spread over all rows, null where a row is bad."""
+    if kind == "integer":
+        data = np.zeros(len(good), dtype=np.int64)
+        data[good] = values.to_numpy(dtype=np.int64)
+        return pd.arrays.IntegerArray(data, ~good)
+    if kind == "number":
+        data = np.full(len(good), np.nan)
+        data[good] = values.to_numpy(dtype=np.float64)
+        return data
+    data = np.full(len(good), None, dtype=object)
+    data[good] = values.astype(object).where(values.notna(), None).to_numpy(dtype=object)
+    return data
+
+
+def _spark_prepare(uri: str, meta: dict[str, Any], columns: dict[str, str]) -> Any:
+    """A pandas UDF: per batch, each row's reason ("" when good), probability and typed columns,
+    by the same code as the local engine (ServedModel checks and scores)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    fields = [
+        T.StructField(REASON, T.StringType()),
+        T.StructField(PROBABILITY, T.DoubleType()),
+        *(T.StructField(c, _spark_type(kind)) for c, kind in columns.items()),
+    ]
+
+    def prepare(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        served = _executor_model(uri, meta)
+        for frame in batches:
+            frame = frame.reset_index(drop=True)
+            reasons, typed = check_and_type(served, frame)
+            good = (reasons == "").to_numpy()
+            out = pd.DataFrame({REASON: reasons.to_numpy(dtype=object)})
+            probability = np.full(len(frame), np.nan)
+            if good.any():
+                probability[good] = served.score(typed)[0]
+            out[PROBABILITY] = probability
+            for column, kind in columns.items():
+                out[column] = _column_with_gaps(typed[column], good, kind)
+            yield out
+
+    return F.pandas_udf(prepare, T.StructType(fields))
+
+
+def _spark_write(frame: Any, target: Path, kind: str) -> None:
+    """Write ``frame`` as Spark writes: a folder of part files, renamed into place at the end."""
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    temp.rmdir()
+    try:
+        writer = frame.write.mode("error")
+        if kind == "parquet":
+            writer.parquet(str(temp))
+        else:
+            writer.option("header", True).csv(str(temp))
+        _put_in_place(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _predict_spark(
+    input_path: Path,
+    kind: str,
+    output_path: Path,
+    served: serving_model.ServedModel,
+    meta: dict[str, Any],
+    id_column: str | None,
+    chunk_rows: int,
+    workers: int,
+    on_error: str,
+) -> tuple[_Plan, int, int, int]:
+    """The same scoring on Apache Spark: the label from mlflow.pyfunc.spark_udf, the probability
+    and the row checks from a pandas UDF running ServedModel's code; (plan, read, scored, bad)."""
+    import mlflow.pyfunc
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    spark = _spark_session(workers, chunk_rows)
+    try:
+        reader = spark.read
+        if kind == "csv":
+            frame = reader.option("header", True).option("inferSchema", False).csv(str(input_path))
+        else:
+            frame = reader.parquet(str(input_path))
+        available = {f.name: _spark_kind(f.dataType) for f in frame.schema.fields}
+        plan = _plan(input_path, output_path, served.columns, available, id_column, on_error)
+        ident = F.col("_row") if plan.id_generated else F.col(plan.id_column)
+        frame = _with_row_numbers(frame.select(*[F.col(f"`{c}`") for c in plan.read_columns]))
+        prepare = _spark_prepare(served.uri, meta, served.columns)
+        checked = frame.select(
+            F.col("_row"),
+            ident.alias(plan.id_column),
+            prepare(F.struct(*[F.col(f"`{c}`") for c in served.columns])).alias("_p"),
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            reason = F.col("_p").getField(REASON)
+            read = checked.count()
+            bad = checked.filter(reason != "")
+            quarantined = bad.count()
+            if quarantined and on_error == "fail":
+                row = bad.orderBy("_row").select("_row", plan.id_column, reason.alias("r")).first()
+                raise _bad_row_error(
+                    plan, row["_row"], row[plan.id_column], row["r"], quarantined, "in the file"
+                )
+            # env_manager "local": this environment is the model's (its warning says otherwise)
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.ERROR)
+            try:
+                label = mlflow.pyfunc.spark_udf(
+                    spark, served.uri, result_type="long", env_manager="local"
+                )
+            finally:
+                pyfunc_log.setLevel(level)
+            model_input = F.struct(*[F.col("_p").getField(c).alias(c) for c in served.columns])
+            good = checked.filter(reason == "").select(
+                F.col(plan.id_column),
+                F.col("_p").getField(PROBABILITY).alias(PROBABILITY),
+                label(model_input).alias(LABEL),
+            )
+            if plan.quarantine is not None:
+                _spark_write(
+                    bad.orderBy("_row").select(plan.id_column, reason.alias(REASON)),
+                    plan.quarantine,
+                    plan.output_format,
+                )
+            _spark_write(good, plan.output, plan.output_format)
+            scored = read - quarantined
+        finally:
+            checked.unpersist()
+    except RepriseError:
+        raise
+    except Exception as err:
+        if type(err).__name__ not in ("Py4JJavaError", "AnalysisException", "PythonException"):
+            raise
+        raise RepriseError(
+            f"Spark failed: {str(err).strip().splitlines()[0][:500]}",
+            "see the Spark error above; --engine local scores one machine's worth of rows.",
+        ) from None
+    finally:
+        spark.stop()
+    return plan, read, scored, quarantined
+
+
+# --- the entry point --------------------------------------------------------------------------------
+def predict(
+    input_path: str | Path,
+    output_path: str | Path,
+    release: str | None = None,
+    model: str | None = None,
+    id_column: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    workers: int | None = None,
+    on_error: str = "fail",
+    engine: str = "local",
+) -> BatchResult:
+    """Score every row of INPUT with the model and write id, probability and label to OUTPUT."""
+    started = time.monotonic()
+    input_path, output_path = Path(input_path), Path(output_path)
+    workers = workers or os.cpu_count() or 1
+    if chunk_rows < 1 or workers < 1:
+        raise RepriseError(
+            f"--chunk-rows {chunk_rows} and --workers {workers} must be at least 1.",
+            "pass positive numbers.",
+        )
+    if on_error not in ON_ERROR or engine not in ENGINES:
+        raise RepriseError(
+            f"Unknown --on-error {on_error!r} or --engine {engine!r}.",
+            f"use --on-error {'|'.join(ON_ERROR)} and --engine {'|'.join(ENGINES)}.",
+        )
+    kind = _check_paths(input_path, output_path, engine)
+    if engine == "local":  # read the header first: an unreadable file fails before the model loads
+        available = _available_local(input_path, kind)
+    uri, meta = serving_model.resolve(release, model)
+    served = serving_model.load(uri, meta)
+    log.info(
+        "scoring %s with %s (threshold %.4f), engine %s, %d worker(s), chunks of %d rows",
+        input_path,
+        served.uri,
+        served.threshold,
+        engine,
+        workers,
+        chunk_rows,
+    )
+    if engine == "local":
+        plan = _plan(input_path, output_path, served.columns, available, id_column, on_error)
+        read, scored, quarantined, workers = _predict_local(
+            plan, served, chunk_rows, workers, on_error == "fail"
+        )
+    else:
+        plan, read, scored, quarantined = _predict_spark(
+            input_path, kind, output_path, served, meta, id_column, chunk_rows, workers, on_error
+        )
+    if read != scored + quarantined:
+        raise AssertionError(f"rows read {read} != scored {scored} + quarantined {quarantined}")
+    return BatchResult(
+        input=input_path,
+        output=output_path,
+        quarantine=plan.quarantine,
+        model=served.describe(),
+        engine=engine,
+        workers=workers,
+        id_column=plan.id_column,
+        rows_read=read,
+        rows_scored=scored,
+        rows_quarantined=quarantined,
+        seconds=time.monotonic() - started,
+    )
