@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import sysconfig
 import logging
+import sysconfig
 from dataclasses import dataclass
 from importlib.metadata import distributions
 from pathlib import Path

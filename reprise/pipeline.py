@@ -296,8 +296,9 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
         if source:  # run in process (not by `mlflow run`): say where it came from
             mlflow.set_tag("mlflow.source.name", source)
         try:
-            use_cache = bool(cfg.main.cache)  # the live setting, also when rerunning a release
             release = manifest.current_release() if cfg.main.release == "auto" else None
+            # a rerun of a release is there to reproduce it: every step runs
+            use_cache = bool(cfg.main.cache) and release is None
             if release is not None:
                 # A rerun of a release: its config and its components at their recorded commits.
                 log.info("rerunning release %s as its manifest pins it", release["version"])

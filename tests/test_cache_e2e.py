@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 from reprise.pipeline import STEPS
 from support import ComponentsRemote, Workspace, run_reprise, workspace_env
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
 
 SMALL = "etl.sample=sample1.parquet"
 

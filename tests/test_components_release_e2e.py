@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from reprise.versioning import unreleased_entries
 from support import ROOT, GitServer, Workspace, git, mlflow_run, workspace_env
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("components-release")]
 
 PREFIX = "components-repo"
 TAG_PREFIX = "components-"

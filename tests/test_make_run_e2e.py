@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from support import ROOT, git
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("make-run")]
 
 
 def test_make_run_in_a_fresh_clone(tmp_path: Path) -> None:

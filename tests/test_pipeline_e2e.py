@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 from reprise.pipeline import STEPS
 from support import ROOT, ComponentsRemote, Workspace, free_port, mlflow_run, run_reprise
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
 
 SMALL = "etl.sample=sample1.parquet"  # 10,000 rows: the same code paths, a faster run
 

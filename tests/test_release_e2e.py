@@ -25,7 +25,8 @@ from support import (
     workspace_env,
 )
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("release")]
 
 
 @dataclass

@@ -23,7 +23,8 @@ import pytest
 
 from support import ROOT, ServedStore, Workspace, free_port
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
 
 READY_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 20

@@ -1,0 +1,67 @@
+"""A git daemon on 127.0.0.1 serving the components repository, for the benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, timeout=120)
+
+
+def serve_components(base: Path) -> tuple[subprocess.Popen, str]:
+    """The components repository as components.git, tag bench-1, on a git daemon."""
+    work = base / "components"
+    shutil.copytree(
+        ROOT / "components-repo",
+        work,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "tests"),
+    )
+    git("init", "-q", "-b", "main", cwd=work)
+    git("add", "-A", cwd=work)
+    git(
+        "-c",
+        "user.email=b@reprise.invalid",
+        "-c",
+        "user.name=bench",
+        "commit",
+        "-qm",
+        "c",
+        cwd=work,
+    )
+    git("tag", "bench-1", cwd=work)
+    git("clone", "-q", "--bare", str(work), str(base / "served" / "components.git"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    daemon = subprocess.Popen(
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            f"--base-path={base / 'served'}",
+            "--listen=127.0.0.1",
+            f"--port={port}",
+            str(base / "served"),
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return daemon, f"git://127.0.0.1:{port}/components.git"
+        except OSError:
+            time.sleep(0.1)
+    daemon.kill()
+    raise SystemExit("git daemon did not start")
