@@ -52,8 +52,9 @@ setup: $(STAMP) ## Make the pinned environment (.venv) from uv.lock; does nothin
 run: setup ## Run the whole pipeline on the bundled data (STEPS=..., OVERRIDES="key=value ...")
 	$(PY) -m reprise run --steps $(STEPS) $(OVERRIDES)
 
+# Two workers for the two cores; each end-to-end file's store is made once, in one worker.
 test: setup ## Run every test, the slow end-to-end ones included
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 test-fast: setup ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -m "not e2e"
