@@ -16,7 +16,8 @@ import pytest
 
 from support import ROOT, ServedStore
 
-pytestmark = pytest.mark.e2e
+# one xdist group per store: its fixtures are made once, in one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
 
 TARGET = "income"
 TOLERANCE = 1e-9

@@ -11,12 +11,14 @@ import gzip
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections import deque
@@ -25,7 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from reprise.errors import RepriseError
-from reprise.serving import model as serving_model
+
+if TYPE_CHECKING:  # imported when used: it brings MLflow, seconds of import
+    from reprise.serving.model import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ DEFAULT_CHUNK_ROWS = 200_000
 # Rows scored at once inside a worker: bounds the one-hot matrix (rows x ~100 float64).
 SCORE_SLICE_ROWS = 50_000
 # Bytes the CSV reader parses at once; chunks of rows are cut from these blocks.
-CSV_BLOCK_BYTES = 8 << 20
+CSV_BLOCK_BYTES = 1 << 20  # the reader reads ~40 blocks ahead
 INPUT_SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 ID_DEFAULT = "id"
@@ -87,10 +91,14 @@ class _Plan:
     id_column: str  # the input's id column, or ROW_COLUMN when generated
     id_generated: bool
     read_columns: list[str] = field(default_factory=list)  # model columns + id, each once
+    # text columns of the model read dictionary-encoded: a few categories repeated, so chunks
+    # are a third of the size to hold and to send to a worker; decoded before the checks
+    dictionary_columns: list[str] = field(default_factory=list)
 
 
 # --- planning -----------------------------------------------------------------------------------
 def _suffix(path: Path, known: dict[str, str], what: str) -> str:
+    """The file type of ``path`` by its suffix."""
     name = path.name.lower()
     for suffix, kind in sorted(known.items(), key=lambda item: -len(item[0])):
         if name.endswith(suffix):
@@ -107,6 +115,7 @@ def quarantine_path(output: Path) -> Path:
 
 
 def _arrow_kind(kind: pa.DataType) -> str:
+    """An Arrow type as a kind of value: string, number, null or other."""
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     if pa.types.is_null(kind):
@@ -121,9 +130,8 @@ def _arrow_kind(kind: pa.DataType) -> str:
 def _check_input_columns(
     available: dict[str, tuple[str, str]], columns: dict[str, str], source: Path
 ) -> None:
-    """Every model column present with a type that can hold its values; else one clear error.
-
-    ``available`` maps each input column to (kind, type name as the file spells it)."""
+    """Every model column present, of a type that can hold its values; else one clear error."""
+    # available: input column -> (kind, the type as the file spells it)
     missing = [c for c in columns if c not in available]
     if missing:
         raise RepriseError(
@@ -182,10 +190,16 @@ def _plan(
         id_column=chosen,
         id_generated=generated,
         read_columns=read,
+        dictionary_columns=[
+            c
+            for c, kind in columns.items()
+            if kind == "string" and available[c][0] == "string" and c != chosen
+        ],
     )
 
 
 def _input_suffix(path: Path) -> str:
+    """The suffix that names the input's type (.csv.gz counts as one)."""
     name = path.name.lower()
     return ".csv.gz" if name.endswith(".csv.gz") else path.suffix.lower()
 
@@ -214,6 +228,7 @@ def _check_paths(input_path: Path, output_path: Path, engine: str) -> str:
 
 # --- reading --------------------------------------------------------------------------------------
 def _csv_header(path: Path) -> list[str]:
+    """The column names on a CSV file's first line."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
@@ -222,6 +237,21 @@ def _csv_header(path: Path) -> list[str]:
         raise RepriseError(
             f"INPUT {path} cannot be read as CSV: {err}", "give a UTF-8 CSV file with a header."
         ) from None
+
+
+def _malformed_line(path: Path) -> str:
+    """Where the first CSV record with a wrong number of fields is, which Arrow does not say."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle)
+            width = len(next(reader, []))
+            for record in reader:
+                if len(record) != width:
+                    return f" at line {reader.line_num} ({len(record)} fields, the header {width})"
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f" ({err})"
+    return ""
 
 
 def _available_local(path: Path, kind: str) -> dict[str, tuple[str, str]]:
@@ -255,7 +285,7 @@ class _Source:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         if self.plan.input_format == "parquet":
-            parquet = pq.ParquetFile(self.plan.input)
+            parquet = pq.ParquetFile(self.plan.input, read_dictionary=self.plan.dictionary_columns)
             self.total_rows = parquet.metadata.num_rows
             yield from parquet.iter_batches(
                 batch_size=self.chunk_rows, columns=self.plan.read_columns
@@ -272,7 +302,10 @@ class _Source:
             read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
             convert_options=pa_csv.ConvertOptions(
                 # every column as text: a bad value is a bad row, not a reader crash
-                column_types={c: pa.string() for c in self.plan.read_columns},
+                column_types={
+                    c: _DICTIONARY if c in self.plan.dictionary_columns else pa.string()
+                    for c in self.plan.read_columns
+                },
                 include_columns=self.plan.read_columns,
                 strings_can_be_null=True,
                 null_values=[""],
@@ -296,8 +329,9 @@ class _Source:
                         yield pa.Table.from_batches(pending)
                         pending, held = [], 0
         except pa.ArrowException as err:
+            where = _malformed_line(self.plan.input) if self.plan.input_format == "csv" else ""
             raise RepriseError(
-                f"INPUT {self.plan.input} cannot be read: {str(err).splitlines()[0]}",
+                f"INPUT {self.plan.input} cannot be read{where}: {str(err).splitlines()[0]}",
                 "repair the file (each CSV line needs every column of the header).",
             ) from None
         if held:
@@ -305,7 +339,7 @@ class _Source:
 
 
 # --- scoring (in worker processes) ----------------------------------------------------------------
-_SERVED: serving_model.ServedModel | None = None
+_SERVED: ServedModel | None = None
 
 
 @dataclass
@@ -333,7 +367,20 @@ def _init_worker(model_bytes: bytes) -> None:
     _SERVED = pickle.loads(model_bytes)
 
 
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """Dictionary-encoded columns as plain ones: the values the file holds, as it holds them."""
+    fields = [
+        f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
 def _to_ipc(table: pa.Table) -> bytes:
+    """A table as Arrow IPC bytes: what is sent to a worker (slices sent as slices)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -341,16 +388,14 @@ def _to_ipc(table: pa.Table) -> bytes:
 
 
 def _from_ipc(data: bytes) -> pa.Table:
+    """The table of ``_to_ipc`` bytes."""
     return pa.ipc.open_stream(data).read_all()
 
 
-def check_and_type(
-    served: serving_model.ServedModel, frame: pd.DataFrame
-) -> tuple[pd.Series, pd.DataFrame]:
-    """(reason per row, "" for a good one; the good rows typed as the model was trained).
-
-    ServedModel.bad_rows decides; it runs only when a vectorised look finds a possibly bad value
-    (a chunk of clean rows skips its per-value checks, the slow part)."""
+def check_and_type(served: ServedModel, frame: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """(reason per row, "" for a good one; the good rows typed as the model was trained)."""
+    # ServedModel.bad_rows decides; it runs only when a vectorised look finds a possibly bad
+    # value (a chunk of clean rows skips its per-value checks, the slow part)
     numbers = {
         c: pd.to_numeric(frame[c], errors="coerce")
         for c, kind in served.columns.items()
@@ -370,8 +415,9 @@ def check_and_type(
 def _surely_good(
     columns: dict[str, str], frame: pd.DataFrame, numbers: dict[str, pd.Series]
 ) -> bool:
-    """True only when ServedModel.bad_rows would find no bad row: text columns of a string
-    dtype (text or missing, nothing else), numbers present and whole where integers are read."""
+    """True only when ServedModel.bad_rows would find no bad row in ``frame``."""
+    # text columns of a string dtype hold text or missing, nothing else; numbers are present
+    # and whole where integers are read
     for column, kind in columns.items():
         if kind == "string":
             if not isinstance(frame[column].dtype, pd.StringDtype):
@@ -386,9 +432,7 @@ def _surely_good(
     return True
 
 
-def score_frame(
-    served: serving_model.ServedModel, frame: pd.DataFrame, stop_on_bad: bool = False
-) -> _Scores:
+def score_frame(served: ServedModel, frame: pd.DataFrame, stop_on_bad: bool = False) -> _Scores:
     """Check every row of ``frame``, score the good ones (in slices, to bound memory)."""
     reasons, typed = check_and_type(served, frame)
     bad = np.flatnonzero((reasons != "").to_numpy())
@@ -410,7 +454,7 @@ def _score_chunk(data: bytes, stop_on_bad: bool) -> _Scores:
     """Worker task: a chunk as Arrow IPC bytes -> its scores."""
     if _SERVED is None:
         raise RuntimeError("worker started without a model")
-    return score_frame(_SERVED, _from_ipc(data).to_pandas(), stop_on_bad)
+    return score_frame(_SERVED, _decoded(_from_ipc(data)).to_pandas(), stop_on_bad)
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -429,6 +473,7 @@ def _put_in_place(temp: Path, target: Path) -> None:
 
 
 def _umask() -> int:
+    """This process's umask."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -503,14 +548,19 @@ class _Progress:
 
 # --- the local engine -------------------------------------------------------------------------------
 def _id_values(plan: _Plan, table: pa.Table, first_row: int) -> pa.Array:
+    """A chunk's ids: its id column, or its row numbers."""
     if plan.id_generated:
         return pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))
-    return table.column(plan.id_column).combine_chunks()
+    ids = table.column(plan.id_column)
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    return ids.combine_chunks()
 
 
 def _bad_row_error(
     plan: _Plan, row: int, ident: Any, reason: str, count: int, where: str
 ) -> RepriseError:
+    """The one-line error of --on-error fail: the first bad row, its column and value."""
     which = f"row {row}" + ("" if plan.id_generated else f" ({plan.id_column} {ident!r})")
     more = f" ({count} bad rows {where})" if count > 1 else ""
     return RepriseError(
@@ -526,11 +576,12 @@ def _id_type(plan: _Plan) -> pa.DataType:
         return pa.int64()
     if plan.input_format == "csv":
         return pa.string()
-    return pq.read_schema(plan.input).field(plan.id_column).type
+    kind = pq.read_schema(plan.input).field(plan.id_column).type
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
 def _predict_local(
-    plan: _Plan, served: serving_model.ServedModel, chunk_rows: int, workers: int, fail: bool
+    plan: _Plan, served: ServedModel, chunk_rows: int, workers: int, fail: bool
 ) -> tuple[int, int, int, int]:
     """Score the input chunk by chunk, in input order; (read, scored, quarantined, workers)."""
     source = _Source(plan, chunk_rows)
@@ -584,7 +635,7 @@ def _predict_local(
             _limit_threads()
             offset = 0
             for table in chunks:
-                frame = table.select(list(plan.columns)).to_pandas()
+                frame = _decoded(table.select(list(plan.columns))).to_pandas()
                 scores = score_frame(served, frame, stop_on_bad=fail)
                 take(_id_values(plan, table, offset), offset, scores)
                 offset += table.num_rows
@@ -608,16 +659,14 @@ def _predict_local(
 
 def _score_in_pool(
     plan: _Plan,
-    served: serving_model.ServedModel,
+    served: ServedModel,
     workers: int,
     chunks: Iterator[pa.Table],
     take: Callable[[pa.Array, int, _Scores], None],
     fail: bool,
 ) -> None:
     """Score chunks in ``workers`` processes, at most two per worker in flight, in input order."""
-    # forkserver: a clean process imports the model's code once and forks the workers from it
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["reprise.serving.model", "threadpoolctl"])
+    context = _forkserver()
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(pickle.dumps(served),)
     )
@@ -644,24 +693,47 @@ def _score_in_pool(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _forkserver() -> Any:
+    """The forkserver context, which imports the model's code once and forks workers from it."""
+    # a clean process: no copy of this one's threads or memory, no import per worker
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["reprise.serving.model", "threadpoolctl"])
+    return context
+
+
+def _estimated_rows(path: Path, kind: str) -> int:
+    """Rows of the input: a Parquet file's count, a CSV file's from its first lines' length."""
+    if kind == "parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    if path.name.lower().endswith(".gz"):
+        return sys.maxsize  # compressed: assume large
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    return path.stat().st_size * max(head.count(b"\n"), 1) // max(len(head), 1)
+
+
 def _done(item: tuple[pa.Array, int, Future[_Scores]]) -> tuple[pa.Array, int, _Scores]:
+    """An in-flight chunk's ids, first row and scores, waiting for them."""
     ids, offset, future = item
     return ids, offset, future.result()
 
 
 # --- the Spark engine -------------------------------------------------------------------------------
-_SPARK_MODELS: dict[str, serving_model.ServedModel] = {}
+_SPARK_MODELS: dict[str, ServedModel] = {}
 
 
-def _executor_model(uri: str, meta: dict[str, Any]) -> serving_model.ServedModel:
+def _executor_model(uri: str, meta: dict[str, Any]) -> ServedModel:
     """The model in a Spark Python worker, loaded once per worker from its URI."""
     if uri not in _SPARK_MODELS:
         _limit_threads()
-        _SPARK_MODELS[uri] = serving_model.load(uri, meta)
+        from reprise.serving.model import load
+
+        _SPARK_MODELS[uri] = load(uri, meta)
     return _SPARK_MODELS[uri]
 
 
 def _spark_session(workers: int, chunk_rows: int) -> Any:
+    """A Spark session: local[workers] on 127.0.0.1 unless REPRISE_SPARK_MASTER names one."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -698,6 +770,7 @@ def _spark_session(workers: int, chunk_rows: int) -> Any:
 
 
 def _spark_kind(data_type: Any) -> tuple[str, str]:
+    """A Spark type as a kind of value, and its name."""
     from pyspark.sql import types as T
 
     spelled = data_type.simpleString()
@@ -711,14 +784,16 @@ def _spark_kind(data_type: Any) -> tuple[str, str]:
 
 
 def _spark_type(kind: str) -> Any:
+    """The Spark type of a signature kind."""
     from pyspark.sql import types as T
 
     return {"integer": T.LongType(), "number": T.DoubleType()}.get(kind, T.StringType())
 
 
 def _with_row_numbers(frame: Any) -> Any:
-    """A 0-based row number in read order, computed in the JVM: the partition's offset plus the
-    position in it (monotonically_increasing_id holds the partition in its upper 31 bits)."""
+    """A 0-based row number ``_row`` in read order, computed in the JVM."""
+    # the partition's offset plus the position in it: monotonically_increasing_id holds the
+    # partition in its upper 31 bits and the position in the lower 33
     from pyspark.sql import functions as F
 
     frame = frame.withColumn("_mid", F.monotonically_increasing_id())
@@ -754,8 +829,8 @@ def _column_with_gaps(values: pd.Series, good: np.ndarray, kind: str) -> Any:
 
 
 def _spark_prepare(uri: str, meta: dict[str, Any], columns: dict[str, str]) -> Any:
-    """A pandas UDF: per batch, each row's reason ("" when good), probability and typed columns,
-    by the same code as the local engine (ServedModel checks and scores)."""
+    """A pandas UDF: each row's reason ("" when good), probability and typed model columns."""
+    # the same code as the local engine: ServedModel's checks and scores, per Arrow batch
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -803,15 +878,16 @@ def _predict_spark(
     input_path: Path,
     kind: str,
     output_path: Path,
-    served: serving_model.ServedModel,
+    served: ServedModel,
     meta: dict[str, Any],
     id_column: str | None,
     chunk_rows: int,
     workers: int,
     on_error: str,
 ) -> tuple[_Plan, int, int, int]:
-    """The same scoring on Apache Spark: the label from mlflow.pyfunc.spark_udf, the probability
-    and the row checks from a pandas UDF running ServedModel's code; (plan, read, scored, bad)."""
+    """The same scoring on Apache Spark; (plan, rows read, scored, quarantined)."""
+    # the label from mlflow.pyfunc.spark_udf; the row checks and the probability from a pandas
+    # UDF running ServedModel's code
     import mlflow.pyfunc
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -883,6 +959,23 @@ def _predict_spark(
     return plan, read, scored, quarantined
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) so that temporary files are removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # --- the entry point --------------------------------------------------------------------------------
 def predict(
     input_path: str | Path,
@@ -912,8 +1005,13 @@ def predict(
     kind = _check_paths(input_path, output_path, engine)
     if engine == "local":  # read the header first: an unreadable file fails before the model loads
         available = _available_local(input_path, kind)
-    uri, meta = serving_model.resolve(release, model)
-    served = serving_model.load(uri, meta)
+        if workers > 1 and _estimated_rows(input_path, kind) > chunk_rows:
+            _forkserver()  # start the workers' server now: it imports while the model loads
+            multiprocessing.forkserver.ensure_running()
+    from reprise.serving.model import load, resolve
+
+    uri, meta = resolve(release, model)
+    served = load(uri, meta)
     log.info(
         "scoring %s with %s (threshold %.4f), engine %s, %d worker(s), chunks of %d rows",
         input_path,
@@ -923,15 +1021,32 @@ def predict(
         workers,
         chunk_rows,
     )
-    if engine == "local":
-        plan = _plan(input_path, output_path, served.columns, available, id_column, on_error)
-        read, scored, quarantined, workers = _predict_local(
-            plan, served, chunk_rows, workers, on_error == "fail"
-        )
-    else:
-        plan, read, scored, quarantined = _predict_spark(
-            input_path, kind, output_path, served, meta, id_column, chunk_rows, workers, on_error
-        )
+    try:
+        with _terminate_as_interrupt():
+            if engine == "local":
+                plan = _plan(
+                    input_path, output_path, served.columns, available, id_column, on_error
+                )
+                read, scored, quarantined, workers = _predict_local(
+                    plan, served, chunk_rows, workers, on_error == "fail"
+                )
+            else:
+                plan, read, scored, quarantined = _predict_spark(
+                    input_path,
+                    kind,
+                    output_path,
+                    served,
+                    meta,
+                    id_column,
+                    chunk_rows,
+                    workers,
+                    on_error,
+                )
+    except KeyboardInterrupt:
+        raise RepriseError(
+            f"Interrupted while scoring {input_path}; no output was written.",
+            "run it again; it starts from the beginning.",
+        ) from None
     if read != scored + quarantined:
         raise AssertionError(f"rows read {read} != scored {scored} + quarantined {quarantined}")
     return BatchResult(
