@@ -4,6 +4,7 @@ schema from the MLflow signature, and the checks every input row must pass."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "adult_income"
 PROD_ALIAS = "prod"
 # MLflow signature types -> the kind of value a column holds
+INT64 = 2**63  # integers are held as int64
 NUMERIC_TYPES = {"long": "integer", "integer": "integer", "double": "number", "float": "number"}
 
 
@@ -70,26 +72,39 @@ class ServedModel:
         }
 
     # --- input checks ---------------------------------------------------------------------
-    def frame_from_records(self, records: list[dict[str, Any]]) -> pd.DataFrame:
-        """A typed DataFrame from JSON-like records; the first bad field is an InputError."""
+    def columns_from_records(self, records: Any) -> dict[str, list[Any]]:
+        """{column: values} from JSON-like records, every value checked against the signature
+        without building a DataFrame; the first bad field is an InputError."""
+        if not isinstance(records, list):
+            raise InputError("the body must be a row object or a list of row objects")
         if not records:
             raise InputError("no rows given")
+        kinds = self.columns
+        names = kinds.keys()
+        out: dict[str, list[Any]] = {column: [] for column in kinds}
         for i, record in enumerate(records):
             if not isinstance(record, dict):
                 raise InputError("a row must be an object of column: value", row=i)
-            missing = [c for c in self.columns if c not in record]
-            if missing:
-                raise InputError("missing column", missing[0], row=i)
-            extra = [k for k in record if k not in self.columns]
-            if extra:
-                raise InputError(
-                    f"unknown field (the model reads {list(self.columns)})", extra[0], i
-                )
-            for column, kind in self.columns.items():
-                problem = _value_problem(record[column], kind)
-                if problem:
-                    raise InputError(problem, column, row=i)
-        return self.typed(pd.DataFrame.from_records(records, columns=list(self.columns)))
+            if record.keys() != names:
+                missing = [c for c in kinds if c not in record]
+                if missing:
+                    raise InputError("missing column", missing[0], row=i)
+                extra = [k for k in record if k not in kinds]
+                raise InputError(f"unknown field (the model reads {list(kinds)})", extra[0], i)
+            for column, kind in kinds.items():
+                value = record[column]
+                kind_of = type(value)
+                # obviously good values skip the checks: text (or null) for text, an int for numbers
+                if not (
+                    (kind_of is str or value is None)
+                    if kind == "string"
+                    else (kind_of is int and -INT64 <= value < INT64)
+                ):
+                    problem = value_problem(value, kind)
+                    if problem:
+                        raise InputError(problem, column, row=i)
+                out[column].append(value)
+        return out
 
     def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's columns in signature order, with the dtypes training gave them."""
@@ -123,20 +138,24 @@ class ServedModel:
         return reasons
 
 
-def _value_problem(value: Any, kind: str) -> str:
+def value_problem(value: Any, kind: str) -> str:
+    """What is wrong with one value for a column of this kind, "" if nothing."""
     if kind == "string":
         return (
             ""
             if value is None or isinstance(value, str)
             else f"must be text or null, got {value!r}"
         )
+    name = "an integer" if kind == "integer" else "a number"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        name = "an integer" if kind == "integer" else "a number"
         return f"must be {name}, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
     if kind == "integer" and not float(value).is_integer():
         return f"must be an integer, got {value!r}"
-    if value != value:
-        return "must be a number, got NaN"
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:24]}..."
+        return f"is out of range of a 64-bit integer, got {shown}"
     return ""
 
 

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from reprise.errors import RepriseError
 from reprise.serving import model as served_model
-from reprise.serving.model import InputError, ServedModel, _value_problem
+from reprise.serving.model import InputError, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ RETRY_SECONDS = 5.0
 INLINE_ROWS = 64
 GRACEFUL_SHUTDOWN_SECONDS = 10
 ENV_PREFIX = "REPRISE_SERVE_"
-INT64 = 2**63
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 MAX_PROBLEM_CHARS = 300
 JSON_TYPES = {"integer": "integer", "number": "number", "string": "string"}
@@ -177,58 +175,6 @@ class ServingState:
 
 
 # --- input -------------------------------------------------------------------------------------
-def _check_value(value: Any, kind: str) -> str:
-    """The problem with one value (the rules of ServedModel.frame_from_records), "" if none."""
-    shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:24]}..."
-    out_of_range = f"is out of range of a 64-bit integer, got {shown}"
-    try:
-        problem = _value_problem(value, kind)
-    except OverflowError:
-        return out_of_range
-    if problem or kind == "string":
-        return problem
-    if isinstance(value, int) and not -INT64 <= value < INT64:
-        return out_of_range
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
-    return ""
-
-
-def columns_from_records(served: ServedModel, records: Any) -> dict[str, list[Any]]:
-    """{column: values} from JSON-like records, checked as ServedModel.frame_from_records checks
-    them (same first error), without building a DataFrame."""
-    if not isinstance(records, list):
-        raise InputError("the body must be a row object or a list of row objects")
-    if not records:
-        raise InputError("no rows given")
-    kinds = served.columns
-    names = kinds.keys()
-    out: dict[str, list[Any]] = {column: [] for column in kinds}
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise InputError("a row must be an object of column: value", row=i)
-        if record.keys() != names:
-            missing = [c for c in kinds if c not in record]
-            if missing:
-                raise InputError("missing column", missing[0], row=i)
-            extra = [k for k in record if k not in kinds]
-            raise InputError(f"unknown field (the model reads {list(kinds)})", extra[0], i)
-        for column, kind in kinds.items():
-            value = record[column]
-            kind_of = type(value)
-            # obviously good values skip the checks: text (or null) for text, an int for numbers
-            if not (
-                (kind_of is str or value is None)
-                if kind == "string"
-                else (kind_of is int and -INT64 <= value < INT64)
-            ):
-                problem = _check_value(value, kind)
-                if problem:
-                    raise InputError(problem, column, row=i)
-            out[column].append(value)
-    return out
-
-
 def _records_from_columns(columns: Any, data: Any) -> list[dict[str, Any]]:
     """Rows of MLflow's dataframe_split: {"columns": [...], "data": [[...], ...]}."""
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
@@ -532,8 +478,8 @@ def create_app(
                 return not_ready()
             payload = _parse_json(await _read_body(request, max_body_bytes))
             try:
-                columns = columns_from_records(
-                    served, [payload] if isinstance(payload, dict) else payload
+                columns = served.columns_from_records(
+                    [payload] if isinstance(payload, dict) else payload
                 )
             except InputError:
                 is_row = isinstance(payload, dict)
@@ -613,7 +559,7 @@ def create_app(
                     "send Content-Type: application/json or text/csv.",
                     field="Content-Type",
                 )
-            _, labels = await _score(served, columns_from_records(served, records))
+            _, labels = await _score(served, served.columns_from_records(records))
             return _json({"predictions": labels})
 
         return await _answer(request, handle)
