@@ -132,6 +132,8 @@ def _print_summary(parent_id: str) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Score a file offline (reprise.serving.batch) and print what was done."""
+    # Arrow's jemalloc pool gives freed memory back; it is chosen when Arrow loads
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     from reprise.serving import batch
 
     result = batch.predict(
