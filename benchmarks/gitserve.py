@@ -47,6 +47,7 @@ def serve_components(base: Path) -> tuple[subprocess.Popen, str]:
             "daemon",
             "--reuseaddr",
             "--export-all",
+            "--enable=receive-pack",  # the release cycle pushes the project to it
             f"--base-path={base / 'served'}",
             "--listen=127.0.0.1",
             f"--port={port}",
