@@ -508,7 +508,9 @@ class _Writer:
         self.temp.chmod(0o666 & ~_umask())  # as a plain open() would make it, not mkstemp's 0600
         self.rows = 0
         if kind == "parquet":
-            self._writer: Any = pq.ParquetWriter(self.temp, schema)
+            # dictionary pages only where values repeat (a label); ids and scores rarely do
+            dictionary = [f.name for f in schema if f.name in (LABEL, REASON)]
+            self._writer: Any = pq.ParquetWriter(self.temp, schema, use_dictionary=dictionary)
         else:
             self._writer = pa_csv.CSVWriter(str(self.temp), schema)
 
