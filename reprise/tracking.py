@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -25,8 +26,7 @@ def use_defaults() -> str:
     """
     state = paths.state_dir()
     os.environ.setdefault("REPRISE_STATE_DIR", str(state))
-    local = not os.environ.get("MLFLOW_TRACKING_URI")
-    if local:
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{state / 'mlflow.db'}"
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
@@ -34,8 +34,17 @@ def use_defaults() -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (state / "mlartifacts").as_uri() if local else None
-    return client.create_experiment(name, artifact_location=artifacts)
+    return client.create_experiment(name, artifact_location=_artifact_location())
+
+
+def _artifact_location() -> str | None:
+    """Artifacts of a new experiment: beside a sqlite store's file (MLflow would otherwise use
+    ./mlruns of whatever folder the command ran in); a server's own default otherwise."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "mlartifacts").as_uri()
 
 
 def ui_command() -> str:
