@@ -134,7 +134,10 @@ class ServedModel:
                     bad |= numbers.notna() & (numbers % 1 != 0)
                 problem = f"must be {'an integer' if kind == 'integer' else 'a number'}"
             first = bad & (reasons == "")
-            reasons[first] = [f"{column}: {v!r} {problem}" for v in values[first]]
+            reasons[first] = [
+                f"{column}: {'a missing value' if pd.isna(v) else repr(v)} {problem}"
+                for v in values[first]
+            ]
         return reasons
 
 
