@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from online import MODEL_NAME, ROOT, code_state, make_store, model_columns
+from common import record
+from online import MODEL_NAME, code_state, make_store, model_columns
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 GIB = 1 << 30
 SAMPLE_SECONDS = 0.2
 GROUP_ROWS = 100_000  # rows per Parquet row group / CSV write
@@ -472,10 +472,7 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     load += " at start, " + "/".join(f"{x:.2f}" for x in os.getloadavg()) + " at the end"
     lines = report(results, command, load, notes, args.start_rows)
-    if not args.no_append:
-        with RESULTS.open("a") as out:
-            out.write("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    record(lines, append=not args.no_append)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gitserve import serve_components
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from common import ROOT, record, serve_components
 
 
 def run(env: dict[str, str], *args: str) -> tuple[float, dict[str, float], str]:
@@ -111,9 +108,7 @@ def main() -> None:
         "about one MLflow project run, comes on top)",
         f"- per-step seconds of the warm run: {json.dumps(rows[1][2])}",
     ]
-    with RESULTS.open("a") as out:
-        out.write("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    record(lines)
 
 
 if __name__ == "__main__":

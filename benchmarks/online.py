@@ -40,8 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from common import ROOT, record
+
 MODEL_NAME = "adult_income"
 EXPERIMENT = "reprise-bench"
 START_TIMEOUT_S = 180
@@ -636,10 +636,7 @@ def main() -> None:
     }
     load += " at start, " + "/".join(f"{x:.2f}" for x in os.getloadavg()) + " at the end"
     lines = report(phases, ceiling, servers, agree, command, load, len(records))
-    if not args.no_append:
-        with RESULTS.open("a") as out:
-            out.write("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    record(lines, append=not args.no_append)
 
 
 if __name__ == "__main__":

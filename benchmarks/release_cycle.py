@@ -20,9 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
-from gitserve import ROOT, git, serve_components
-
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from common import ROOT, git, record, serve_components
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -114,9 +112,7 @@ def main() -> None:
         table.strip(),
         "```",
     ]
-    with RESULTS.open("a") as out:
-        out.write("\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    record(lines)
 
 
 if __name__ == "__main__":

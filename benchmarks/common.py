@@ -1,14 +1,25 @@
-"""A git daemon on 127.0.0.1 serving the components repository, for the benchmarks."""
+"""What the benchmarks share: the repository root, recording results, and a git daemon on
+127.0.0.1 serving the components repository."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def record(lines: list[str], append: bool = True) -> None:
+    """Print a benchmark's section and, unless told not to, append it to RESULTS.md."""
+    if append:
+        with RESULTS.open("a") as out:
+            out.write("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def git(*args: str, cwd: Path | None = None) -> None:
