@@ -234,3 +234,23 @@ def served_store(tmp_path_factory: pytest.TempPathFactory) -> ServedStore:
     )[0]
     test_table = Path(client.download_artifacts(split.info.run_id, "test.parquet", str(path)))
     return ServedStore(workspace, "adult_income", str(version.version), test_table)
+
+
+def latest_steps(workspace: Workspace, parent_filter: str = "tags.`reprise.pipeline` = 'true'"):
+    """(the latest pipeline run matching ``parent_filter``, its child runs by step name)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    experiment = client.get_experiment_by_name("reprise-test")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=parent_filter,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+    steps = {c.data.tags["reprise.step"]: c for c in children if "reprise.step" in c.data.tags}
+    return parent, steps

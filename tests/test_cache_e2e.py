@@ -4,10 +4,9 @@ Unchanged work is reused with its lineage; any change of a key part reruns what 
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from reprise.pipeline import STEPS
-from support import ComponentsRemote, Workspace, run_reprise, workspace_env
+from support import ComponentsRemote, Workspace, latest_steps, run_reprise, workspace_env
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
@@ -32,7 +31,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, components_remote: Component
         rest = [a for a in args if not a.startswith("--steps=")]
         flags = ["--steps", steps[0].split("=", 1)[1]] if steps else []
         result = run_reprise(workspace, *flags, *pins, *rest)
-        return result, latest_steps(workspace)
+        return result, latest_steps(workspace)[1]
 
     first, runs = run()
     assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
@@ -43,23 +42,6 @@ def store(tmp_path_factory: pytest.TempPathFactory, components_remote: Component
 def log_of(result) -> str:
     """Everything a run printed (the pipeline's log goes to stdout, MLflow's to stderr)."""
     return result.stdout + result.stderr
-
-
-def latest_steps(workspace: Workspace) -> dict:
-    """The child runs of the latest pipeline run, by step."""
-    client = MlflowClient(tracking_uri=workspace.tracking_uri)
-    experiment = client.get_experiment_by_name("reprise-test")
-    (parent,) = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`reprise.pipeline` = 'true'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    children = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-    )
-    return {c.data.tags["reprise.step"]: c for c in children if "reprise.step" in c.data.tags}
 
 
 def cached(runs: dict) -> set[str]:

@@ -21,6 +21,7 @@ from support import (
     GitServer,
     Workspace,
     git,
+    latest_steps,
     mlflow_run,
     workspace_env,
 )
@@ -173,20 +174,9 @@ def test_rerun_from_an_empty_folder_reproduces_the_release(
         experiment="reprise-test",
     )
     assert result.returncode == 0, output_of(result)[-4000:]
-    client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
-    experiment = client.get_experiment_by_name("reprise-test")
-    (rerun,) = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`reprise.release` = '1.0.0'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    children = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{rerun.info.run_id}'",
-    )
+    rerun, children = latest_steps(released.workspace, "tags.`reprise.release` = '1.0.0'")
     # the release's components, not the 0.2.0 that the project's config says today
-    assert {c.data.tags["reprise.test.marker"] for c in children} == {"old"}
+    assert {c.data.tags["reprise.test.marker"] for c in children.values()} == {"old"}
     verify = released.reprise("verify", "1.0.0", "--run", rerun.info.run_id)
     assert verify.returncode == 0, output_of(verify)[-4000:]
     assert " 0 of " not in verify.stdout and "identical." in verify.stdout
