@@ -15,7 +15,8 @@ from reprise.errors import RepriseError
 log = logging.getLogger("reprise")
 
 
-def _out(line: str = "") -> None:
+def write_line(line: str = "") -> None:
+    """One line of a command's answer on stdout (logging goes to stderr)."""
     sys.stdout.write(line + "\n")
 
 
@@ -106,28 +107,28 @@ def _print_summary(parent_id: str) -> None:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
         order_by=["attributes.start_time ASC"],
     )
-    _out()
-    _out(
+    write_line()
+    write_line(
         f"Pipeline run {parent_id} ({parent.info.status}) in experiment {parent.info.experiment_id}"
     )
     for child in children:
         seconds = (child.info.end_time - child.info.start_time) / 1000 if child.info.end_time else 0
         tags = child.data.tags
         sha = tags.get("reprise.component.sha", "")[:12] or "-"
-        _out(
+        write_line(
             f"  {tags.get('mlflow.runName', '?'):<22} {child.info.status:<9} {seconds:6.1f} s  "
             f"run {child.info.run_id}  commit {sha}"
         )
         for key, value in sorted(child.data.metrics.items()):
             if key.split(".", 1)[-1] in HEADLINE and key.startswith(("val.", "test.")):
-                _out(f"      {key} = {value:.4f}")
+                write_line(f"      {key} = {value:.4f}")
             elif key == "threshold":
-                _out(f"      decision threshold = {value:.4f}")
+                write_line(f"      decision threshold = {value:.4f}")
         if model := tags.get("reprise.output.registered_model"):
-            _out(f"      registered model: {model}")
-    _out()
-    _out(f"Look at it: {tracking.ui_command()}")
-    _out(f"Tracking URI: {mlflow.get_tracking_uri()}")
+            write_line(f"      registered model: {model}")
+    write_line()
+    write_line(f"Look at it: {tracking.ui_command()}")
+    write_line(f"Tracking URI: {mlflow.get_tracking_uri()}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -149,18 +150,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     model = result.model
     rate = result.rows_read / result.seconds if result.seconds else 0.0
-    _out(
+    write_line(
         f"Scored {result.input} -> {result.output} ({result.engine} engine, {result.workers} workers)"
     )
-    _out(f"  model      {model['model_uri']}  threshold {model['threshold']:.4f}")
-    _out(f"  id column  {result.id_column}")
-    _out(
+    write_line(f"  model      {model['model_uri']}  threshold {model['threshold']:.4f}")
+    write_line(f"  id column  {result.id_column}")
+    write_line(
         f"  rows read {result.rows_read:,}  scored {result.rows_scored:,}  "
         f"quarantined {result.rows_quarantined:,}"
     )
     if result.quarantine is not None:
-        _out(f"  quarantine {result.quarantine}")
-    _out(f"  {result.seconds:.1f} s, {rate:,.0f} rows/s")
+        write_line(f"  quarantine {result.quarantine}")
+    write_line(f"  {result.seconds:.1f} s, {rate:,.0f} rows/s")
     return 0
 
 

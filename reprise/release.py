@@ -18,19 +18,16 @@ import mlflow
 import yaml
 
 from reprise import manifest, paths, tracking, versioning
+from reprise.cli import write_line
 from reprise.components import checkout, redact, require_release_pin, split_subdirectory
 from reprise.errors import RepriseError
+from reprise.pipeline import STEP_TAG
+from reprise.serving.model import PROD_ALIAS
 
 log = logging.getLogger(__name__)
 
-PROD_ALIAS = "prod"
-STEP_TAG = "reprise.step"
 # Scores a manifest keeps: every validation and test score of the model, and its threshold.
 METRIC_PREFIXES = ("val.", "test.")
-
-
-def _out(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -239,13 +236,15 @@ def verify(version: str, run_id: str = "") -> int:
         run_id = rerun(version)
     rows = compare(record, observe(run_id))
     width = max(len(r[0]) for r in rows)
-    _out(f"\nRelease {version} against pipeline run {run_id} ({time.monotonic() - started:.0f} s)")
-    _out(f"{'what':<{width}}  {'same':<4}  expected -> actual")
+    write_line(
+        f"\nRelease {version} against pipeline run {run_id} ({time.monotonic() - started:.0f} s)"
+    )
+    write_line(f"{'what':<{width}}  {'same':<4}  expected -> actual")
     for what, expected, actual, same in rows:
         shown = expected if same else f"{expected} -> {actual}"
-        _out(f"{what:<{width}}  {'yes' if same else 'NO':<4}  {shown[:100]}")
+        write_line(f"{what:<{width}}  {'yes' if same else 'NO':<4}  {shown[:100]}")
     different = [r for r in rows if not r[3]]
-    _out(f"{len(rows) - len(different)} of {len(rows)} identical.")
+    write_line(f"{len(rows) - len(different)} of {len(rows)} identical.")
     if different:
         log.error(
             "release %s is not reproduced: %d of %d differ (%s)",
@@ -310,15 +309,17 @@ def list_releases() -> None:
     """One line per release: version, date, key metrics, model version, and which is prod."""
     files = sorted((paths.ROOT / "releases").glob("*.yaml"), key=lambda p: _semver(p.stem))
     if not files:
-        _out("No releases yet: make release PART=major")
+        write_line("No releases yet: make release PART=major")
         return
     prod = _prod_versions()
-    _out(f"{'version':<9} {'date':<10} {'test ROC AUC':>12} {'test F1':>8} {'model':>16}  prod")
+    write_line(
+        f"{'version':<9} {'date':<10} {'test ROC AUC':>12} {'test F1':>8} {'model':>16}  prod"
+    )
     for path in files:
         record = yaml.safe_load(path.read_text())
         metrics, model = record.get("metrics", {}), record["mlflow"]["model"]
         is_prod = prod.get(model["name"]) == str(model["version"])
-        _out(
+        write_line(
             f"{record['version']:<9} {record['date']:<10} "
             f"{metrics.get('test.roc_auc', float('nan')):>12.4f} "
             f"{metrics.get('test.f1', float('nan')):>8.4f} "
