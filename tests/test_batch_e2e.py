@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reprise.serving.fast import FastScorer
 from support import ROOT, ServedStore
 
 # one xdist group per store: its fixtures are made once, in one worker
@@ -222,3 +223,59 @@ def test_spark_engine_gives_the_local_engine_scores(
         scored["probability"], baseline["probability"], rtol=0, atol=TOLERANCE
     )
     np.testing.assert_array_equal(scored["label"], baseline["label"])
+
+
+def test_the_registry_read_directly_agrees_with_mlflow(
+    served_store: ServedStore, monkeypatch: pytest.MonkeyPatch
+):
+    from mlflow.tracking import MlflowClient
+
+    from reprise.serving.registry import local_version
+
+    name, version = served_store.model_name, served_store.model_version
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served_store.workspace.tracking_uri)
+    client = MlflowClient(served_store.workspace.tracking_uri)
+    expected = client.get_model_version_download_uri(name, version)
+    by_alias = local_version(name, alias="prod")
+    assert by_alias is not None and by_alias.version == version
+    assert by_alias.artifacts.as_uri() == expected
+    assert local_version(name, version=version) == by_alias
+    assert local_version(name, alias="no-such-alias") is None
+    assert local_version(name, version="999") is None
+    assert local_version("no-such-model", alias="prod") is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a server: MLflow's to ask
+    assert local_version(name, alias="prod") is None
+
+
+def test_a_version_scored_before_loads_compiled_without_mlflow(
+    served_store: ServedStore, data: Path, baseline: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+):
+    """The first predict of a version compiled it into the cache folder; later ones read that
+    and import neither MLflow nor scikit-learn, with the same scores. A damaged compiled file
+    is compiled again, and nothing is lost."""
+    from reprise.serving.model import _compiled_path, resolve
+
+    for variable in ("MLFLOW_TRACKING_URI", "REPRISE_CACHE_DIR"):
+        monkeypatch.setenv(variable, served_store.workspace.env[variable])
+    compiled = _compiled_path(resolve()[1]["artifacts"])
+    assert compiled is not None and compiled.is_file()
+    program = (
+        "import sys\n"
+        "from reprise.serving.batch import predict\n"
+        f"result = predict({str(data / 'test.parquet')!r}, {str(data / 'again.parquet')!r})\n"
+        "print(result.model['fast_path'], sorted(m for m in ('mlflow', 'sklearn') "
+        "if m in sys.modules))\n"
+    )
+    env = served_store.workspace.env
+    run = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert ok(run).splitlines()[-1] == "True []"
+    pd.testing.assert_frame_equal(pd.read_parquet(data / "again.parquet"), baseline)
+
+    compiled.write_bytes(b"not a compiled model")
+    out = data / "after-damage.parquet"
+    result = predict(served_store, "--input", str(data / "test.parquet"), "--output", str(out))
+    assert "unreadable" in ok(result) + result.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), baseline)
+    FastScorer.load(compiled)  # compiled again, in place

@@ -23,7 +23,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,6 +450,68 @@ def _surely_good(
     return True
 
 
+def _arrow_clean(columns: dict[str, str], table: pa.Table) -> bool:
+    """True only when every row of ``table`` is good (ServedModel.bad_rows would find no bad
+    row) and its numbers read as the model's dtypes would give them: text columns of text, number
+    columns of integers (or floats for 'number'), none missing or NaN."""
+    import pyarrow.compute as pc
+
+    for column, kind in columns.items():
+        kind_of = table.schema.field(column).type
+        if kind == "string":
+            if _arrow_kind(kind_of) not in ("string", "null"):
+                return False
+            continue
+        whole = pa.types.is_signed_integer(kind_of) or (
+            pa.types.is_unsigned_integer(kind_of) and kind_of.bit_width < 64
+        )
+        floating = kind == "number" and pa.types.is_floating(kind_of)
+        values = table.column(column)
+        if not (whole or floating) or values.null_count:
+            return False
+        if floating and pc.any(pc.is_nan(values)).as_py():
+            return False
+    return True
+
+
+def _numbers_from_text(columns: dict[str, str], table: pa.Table) -> pa.Table:
+    """``table`` with its text columns of numbers (a CSV file's) parsed by Arrow; a column with
+    a value Arrow will not parse is left as text (the chunk then takes the checked path)."""
+    import pyarrow.compute as pc
+
+    for column, kind in columns.items():
+        if kind == "string" or _arrow_kind(table.schema.field(column).type) != "string":
+            continue
+        target = pa.int64() if kind == "integer" else pa.float64()
+        try:
+            parsed = pc.cast(table.column(column), target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        table = table.set_column(table.schema.get_field_index(column), column, parsed)
+    return table
+
+
+def score_table(served: ServedModel, table: pa.Table, stop_on_bad: bool = False) -> _Scores:
+    """Check every row of a chunk and score the good ones: straight from Arrow when the fast
+    path reads it and no row can be bad, else through pandas and the row checks."""
+    scorer = served.scorer
+    numbers = _numbers_from_text(served.columns, table) if scorer is not None else table
+    if scorer is None or not _arrow_clean(served.columns, numbers):
+        return score_frame(served, _decoded(table).to_pandas(), stop_on_bad)
+    table = numbers
+    # compiled trees hold no matrix per row; scikit-learn's estimators get a bounded one
+    step = max(table.num_rows, 1) if scorer.trees is not None else SCORE_SLICE_ROWS
+    probability = np.concatenate(
+        [np.empty(0)]
+        + [
+            scorer.predict_proba_arrow(table.slice(start, step))
+            for start in range(0, table.num_rows, step)
+        ]
+    )
+    no_rows = np.empty(0, dtype=np.int64)
+    return _Scores(probability, scorer.predict(probability), no_rows, [])
+
+
 def score_frame(served: ServedModel, frame: pd.DataFrame, stop_on_bad: bool = False) -> _Scores:
     """Check every row of ``frame``, score the good ones (in slices, to bound memory)."""
     reasons, typed = check_and_type(served, frame)
@@ -472,7 +534,7 @@ def _score_chunk(data: bytes, stop_on_bad: bool) -> _Scores:
     """Worker task: a chunk as Arrow IPC bytes -> its scores."""
     if _SERVED is None:
         raise RuntimeError("worker started without a model")
-    return score_frame(_SERVED, _decoded(_from_ipc(data)).to_pandas(), stop_on_bad)
+    return score_table(_SERVED, _from_ipc(data), stop_on_bad)
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -655,8 +717,7 @@ def _predict_local(
             _limit_threads()
             offset = 0
             for table in chunks:
-                frame = _decoded(table.select(list(plan.columns))).to_pandas()
-                scores = score_frame(served, frame, stop_on_bad=fail)
+                scores = score_table(served, table.select(list(plan.columns)), fail)
                 take(_id_values(plan, table, offset), offset, scores)
                 offset += table.num_rows
         else:
@@ -685,21 +746,38 @@ def _score_in_pool(
     take: Callable[[pa.Array, int, _Scores], None],
     fail: bool,
 ) -> None:
-    """Score chunks in ``workers`` processes, at most two per worker in flight, in input order."""
-    context = _forkserver()
-    pool = ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(pickle.dumps(served),)
-    )
-    pending: deque[tuple[pa.Array, int, Future[_Scores]]] = deque()
+    """Score chunks on ``workers`` workers, at most two per worker in flight, in input order.
+
+    A compiled model (numpy arrays, whose calls leave the interpreter free) is scored in threads
+    that share the chunks with the reader; scikit-learn's own path in processes, each sent its
+    chunk as Arrow IPC bytes.
+    """
     columns = list(plan.columns)
+    if _in_threads(served):
+        pool: Executor = ThreadPoolExecutor(workers, thread_name_prefix="score")
+
+        def submit(table: pa.Table) -> Future[_Scores]:
+            return pool.submit(score_table, served, table.select(columns), fail)
+
+    else:
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=_forkserver(),
+            initializer=_init_worker,
+            initargs=(pickle.dumps(served),),
+        )
+
+        def submit(table: pa.Table) -> Future[_Scores]:
+            return pool.submit(_score_chunk, _to_ipc(table.select(columns)), fail)
+
+    pending: deque[tuple[pa.Array, int, Future[_Scores]]] = deque()
     offset = 0
     try:
         for table in chunks:
-            data = _to_ipc(table.select(columns))
             ids = _id_values(plan, table, offset)  # all the parent keeps of a chunk in flight
-            pending.append((ids, offset, pool.submit(_score_chunk, data, fail)))
+            pending.append((ids, offset, submit(table)))
             offset += table.num_rows
-            del table, data
+            del table
             while len(pending) >= 2 * workers:
                 take(*_done(pending.popleft()))
         while pending:
@@ -711,6 +789,11 @@ def _score_in_pool(
         ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_threads(served: ServedModel) -> bool:
+    """Whether the model's chunks are scored in threads (compiled) rather than processes."""
+    return served.scorer is not None and served.scorer.trees is not None
 
 
 def _forkserver() -> Any:
@@ -1026,12 +1109,13 @@ def predict(
     if engine == "local":  # read the header first: an unreadable file fails before the model loads
         _lean_arrow_memory()
         available = _available_local(input_path, kind)
-        if workers > 1 and _estimated_rows(input_path, kind) > chunk_rows:
-            _forkserver()  # start the workers' server now: it imports while the model loads
-            multiprocessing.forkserver.ensure_running()
-    from reprise.serving.model import load, resolve
+    from reprise.serving.model import compiled_on_disk, load, resolve
 
     uri, meta = resolve(release, model)
+    big = engine == "local" and workers > 1 and _estimated_rows(input_path, kind) > chunk_rows
+    if big and not compiled_on_disk(meta):  # it may need processes: start their server now,
+        _forkserver()  # which imports while the model loads
+        multiprocessing.forkserver.ensure_running()
     served = load(uri, meta)
     log.info(
         "scoring %s with %s (threshold %.4f), engine %s, %d worker(s), chunks of %d rows",

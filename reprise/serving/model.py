@@ -1,18 +1,27 @@
 """The model to serve: which one (a release, a registry alias, a run), loaded once, its input
-schema from the MLflow signature, and the checks every input row must pass."""
+schema from the MLflow signature, and the checks every input row must pass.
+
+A model whose fast path is plain arrays (a decision tree or a small forest) is compiled once per
+model version and kept in the cache folder under the digest of the version's files; later loads
+of that version read the arrays and import neither MLflow nor scikit-learn.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from reprise import manifest, tracking
+from reprise import manifest, paths, tracking
 from reprise.errors import RepriseError
+from reprise.serving import fast, registry
 from reprise.serving.fast import FastScorer, NotCompilable
 
 log = logging.getLogger(__name__)
@@ -40,7 +49,7 @@ class ServedModel:
     """A loaded model and what identifies it."""
 
     uri: str
-    model: Any
+    model: Any  # the scikit-learn model; None when the fast path (scorer) stands for it
     columns: dict[str, str]  # input column -> "integer" | "number" | "string", signature order
     name: str | None = None
     version: str | None = None
@@ -50,6 +59,8 @@ class ServedModel:
 
     @property
     def threshold(self) -> float:
+        if self.scorer is not None:
+            return float(self.scorer.threshold)
         return float(getattr(self.model, "threshold", 0.5))
 
     def score(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -164,11 +175,8 @@ def value_problem(value: Any, kind: str) -> str:
 
 def resolve(release: str | None = None, model: str | None = None) -> tuple[str, dict[str, Any]]:
     """The model URI to serve and what identifies it: a release's model version, a given URI
-    (models:/name@alias, models:/name/version, runs:/...), or by default name@prod."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    tracking.use_defaults()
+    (models:/name@alias, models:/name/version, runs:/...), or by default name@prod. A registered
+    version whose files are on this disk also gets ``artifacts``, their folder."""
     if release:
         record = manifest.load(release)
         entry = record["mlflow"]["model"]
@@ -178,29 +186,86 @@ def resolve(release: str | None = None, model: str | None = None) -> tuple[str, 
             "release": release,
             "components": {s: c["sha"] for s, c in record["components"].items()},
         }
+        local = registry.local_version(meta["name"], version=meta["version"])
+        if local is not None:
+            meta["artifacts"] = str(local.artifacts)
         return f"models:/{entry['name']}/{entry['version']}", meta
     uri = model or f"models:/{DEFAULT_NAME}@{PROD_ALIAS}"
-    meta: dict[str, Any] = {}
-    if uri.startswith("models:/") and "@" in uri:
-        name, alias = uri.removeprefix("models:/").split("@", 1)
-        try:
-            version = MlflowClient().get_model_version_by_alias(name, alias)
-        except MlflowException:
-            raise RepriseError(
-                f"No model version of '{name}' is aliased '{alias}' in the tracking store.",
-                "promote one: make promote VERSION=X.Y.Z (or pass --model / --release).",
-            ) from None
-        meta = {"name": name, "version": str(version.version), "alias": alias}
-    return uri, meta
+    if not uri.startswith("models:/"):
+        return uri, {}
+    name, _, rest = uri.removeprefix("models:/").partition("@")
+    alias = rest or None
+    version = None
+    if alias is None and "/" in name:
+        name, version = name.split("/", 1)
+    local = registry.local_version(name, version=version, alias=alias)
+    if local is not None:
+        meta = {"name": name, "version": local.version, "artifacts": str(local.artifacts)}
+        return uri, {**meta, "alias": alias} if alias else meta
+    if alias is None:
+        return uri, {}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    tracking.use_defaults()
+    try:
+        found = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        raise RepriseError(
+            f"No model version of '{name}' is aliased '{alias}' in the tracking store.",
+            "promote one: make promote VERSION=X.Y.Z (or pass --model / --release).",
+        ) from None
+    return uri, {"name": name, "version": str(found.version), "alias": alias}
+
+
+def _compiled_path(artifacts: str | None) -> Path | None:
+    """Where the compiled scorer of the model files in ``artifacts`` is kept: named by their
+    digest, so a folder whose files change is compiled again."""
+    if not artifacts:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(Path(artifacts).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(artifacts)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return paths.cache_dir() / "scorers" / f"v{fast.FORMAT}" / f"{digest.hexdigest()}.npz"
+
+
+def compiled_on_disk(meta: dict[str, Any]) -> bool:
+    """Whether the model ``resolve`` gave this ``meta`` for was compiled before, and so loads
+    from the cache folder in milliseconds."""
+    compiled = _compiled_path(meta.get("artifacts"))
+    return compiled is not None and compiled.is_file()
+
+
+def _served(uri: str, meta: dict[str, Any], **loaded: Any) -> ServedModel:
+    return ServedModel(
+        uri=uri,
+        name=meta.get("name"),
+        version=meta.get("version"),
+        release=meta.get("release"),
+        components=meta.get("components", {}),
+        **loaded,
+    )
 
 
 def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
-    """Load the model at ``uri`` with its signature, and compile its fast path."""
-    import mlflow
-
+    """Load the model at ``uri`` with its signature, and compile its fast path (from the cache
+    folder when this version was compiled before)."""
     meta = meta or {}
     # an alias may move while we load: pin the version it pointed to
     uri_pinned = f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri
+    compiled = _compiled_path(meta.get("artifacts"))
+    if compiled is not None and compiled.is_file():
+        try:
+            scorer, extra = FastScorer.load(compiled)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log.warning("compiled model %s unreadable (%s); compiling it again", compiled, err)
+        else:
+            return _served(uri_pinned, meta, model=None, columns=extra["columns"], scorer=scorer)
+    import mlflow
+
+    tracking.use_defaults()
     try:
         sk_model = mlflow.sklearn.load_model(uri_pinned)
         signature = mlflow.models.get_model_info(uri_pinned).signature
@@ -214,23 +279,17 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
     columns = {
         spec.name: NUMERIC_TYPES.get(spec.type.name, "string") for spec in signature.inputs.inputs
     }
-    classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {}).get(
-        "classifier"
-    )
-    if classifier is not None and hasattr(classifier, "n_jobs"):
-        classifier.n_jobs = 1  # one request is small: threads would cost more than they save
     try:
-        scorer = FastScorer(sk_model)
+        scorer = FastScorer.compile(sk_model)
     except NotCompilable as why:
         log.warning("model %s: no fast path (%s); scikit-learn's own path serves it", uri, why)
-        scorer = None
-    return ServedModel(
-        uri=uri_pinned,
-        model=sk_model,
-        columns=columns,
-        name=meta.get("name"),
-        version=meta.get("version"),
-        release=meta.get("release"),
-        components=meta.get("components", {}),
-        scorer=scorer,
-    )
+        classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {})
+        if hasattr(classifier.get("classifier"), "n_jobs"):
+            classifier["classifier"].n_jobs = 1  # one request is small: threads cost more
+        return _served(uri_pinned, meta, model=sk_model, columns=columns, scorer=None)
+    if compiled is not None and scorer.saveable:
+        try:
+            scorer.save(compiled, {"columns": columns, "uri": uri_pinned})
+        except OSError as err:  # a read-only cache: compile again next time
+            log.warning("compiled model not kept at %s (%s)", compiled, err)
+    return _served(uri_pinned, meta, model=None, columns=columns, scorer=scorer)

@@ -109,24 +109,21 @@ class ServingState:
     def _load_if_changed(self) -> ServedModel | None:
         """The model the reference points to now, loaded in full; None when it is served."""
         current = self.served
-        if current is not None:
-            if self.reference.alias is None:
-                return None
-            from mlflow.exceptions import MlflowException
-            from mlflow.tracking import MlflowClient
-
-            name, alias = self.reference.alias
-            try:
-                version = MlflowClient().get_model_version_by_alias(name, alias).version
-            except MlflowException as err:
-                raise RepriseError(
-                    f"The registry has no version of '{name}' aliased '{alias}' now "
-                    f"({str(err).splitlines()[0]}); version {current.version} is still served.",
-                    "alias a version again: make promote VERSION=X.Y.Z.",
-                ) from None
-            if str(version) == current.version:
-                return None
-        uri, meta = self.reference.resolve()
+        if current is None:
+            return served_model.load(*self.reference.resolve())
+        if self.reference.alias is None:
+            return None
+        name, alias = self.reference.alias
+        try:
+            uri, meta = self.reference.resolve()
+        except RepriseError as err:
+            raise RepriseError(
+                f"The registry has no version of '{name}' aliased '{alias}' now "
+                f"({err.cause}); version {current.version} is still served.",
+                "alias a version again: make promote VERSION=X.Y.Z.",
+            ) from None
+        if meta.get("version") == current.version:
+            return None
         return served_model.load(uri, meta)
 
     async def refresh(self) -> bool:
