@@ -193,3 +193,22 @@ def test_a_forest_too_big_to_walk_keeps_scikit_learns_predict(schema, halves) ->
     np.testing.assert_allclose(
         scorer.predict_proba(halves[1]), forest.predict_proba(halves[1])[:, 1], atol=1e-12
     )
+
+
+def test_a_compiled_model_is_named_by_the_model_files_alone(tmp_path: Path, monkeypatch) -> None:
+    """MLflow writes registered_model_meta into a version's folder at its first load: that must
+    not make the second load miss its compiled file; a changed model file must."""
+    from reprise.serving.model import _compiled_path
+
+    monkeypatch.setenv("REPRISE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors: {}\n")
+    (folder / "model.skops").write_bytes(b"\x00model bytes")
+    first = _compiled_path(str(folder))
+    assert first is not None and first.is_relative_to(tmp_path / "cache")
+    (folder / "registered_model_meta").write_text("model_name: adult_income\nmodel_version: 3\n")
+    assert _compiled_path(str(folder)) == first
+    (folder / "model.skops").write_bytes(b"\x00other model bytes")
+    assert _compiled_path(str(folder)) != first
+    assert _compiled_path(None) is None

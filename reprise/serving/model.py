@@ -30,6 +30,9 @@ DEFAULT_NAME = "adult_income"
 PROD_ALIAS = "prod"
 # MLflow signature types -> the kind of value a column holds
 INT64 = 2**63  # integers are held as int64
+# Files of a model version's folder that say nothing of the model: MLflow writes this one at the
+# version's first load (its name and number), which would change the folder's digest.
+NOT_THE_MODEL = {"registered_model_meta"}
 NUMERIC_TYPES = {"long": "integer", "integer": "integer", "double": "number", "float": "number"}
 
 
@@ -225,7 +228,7 @@ def _compiled_path(artifacts: str | None) -> Path | None:
         return None
     digest = hashlib.sha256()
     for path in sorted(Path(artifacts).rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name not in NOT_THE_MODEL:
             digest.update(str(path.relative_to(artifacts)).encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     return paths.cache_dir() / "scorers" / f"v{fast.FORMAT}" / f"{digest.hexdigest()}.npz"
