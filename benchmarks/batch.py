@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import record
-from online import MODEL_NAME, code_state, make_store, model_columns
+from common import code_state, record
+from online import MODEL_NAME, make_store, model_columns
 
 GIB = 1 << 30
 SAMPLE_SECONDS = 0.2

@@ -77,3 +77,17 @@ def serve_components(base: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
     daemon.kill()
     raise SystemExit("git daemon did not start")
+
+
+def code_state() -> str:
+    """The commit measured, and which files of reprise/ differ from it (others edit them)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ).stdout.strip()
+
+    changed = git("diff", "--name-only", "HEAD", "--", "reprise").split()
+    return f"Reprise at {git('rev-parse', '--short', 'HEAD')}" + (
+        f" with uncommitted changes to {', '.join(changed)}" if changed else ""
+    )

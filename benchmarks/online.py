@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, record
+from common import ROOT, code_state, record
 
 MODEL_NAME = "adult_income"
 EXPERIMENT = "reprise-bench"
@@ -162,20 +162,6 @@ def model_columns(store: Store) -> list[str]:
     mlflow.set_tracking_uri(store.tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{store.version}")
     return info.signature.inputs.input_names()
-
-
-def code_state() -> str:
-    """The commit measured, and which files of reprise/ differ from it (others edit them)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-        ).stdout.strip()
-
-    changed = git("diff", "--name-only", "HEAD", "--", "reprise").split()
-    return f"Reprise at {git('rev-parse', '--short', 'HEAD')}" + (
-        f" with uncommitted changes to {', '.join(changed)}" if changed else ""
-    )
 
 
 def free_port() -> int:

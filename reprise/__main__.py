@@ -1,7 +1,5 @@
 """`python -m reprise`: the platform's command line."""
 
-import sys
+from reprise.cli import exit_now, main
 
-from reprise.cli import main
-
-sys.exit(main())
+exit_now(main())

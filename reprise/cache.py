@@ -12,9 +12,9 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import sysconfig
 from dataclasses import dataclass
-from importlib.metadata import distributions
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,17 @@ def _files_digest(folder: Path) -> str:
 @functools.cache
 def _this_environment() -> str:
     """Digest of the packages installed in this interpreter (for env_manager local)."""
-    # only the interpreter's site-packages: the working folder may hold a stray *.egg-info
+    # only the interpreter's site-packages (the working folder may hold a stray *.egg-info); an
+    # installed distribution's folder is named <name>-<version>.dist-info: the names say it all,
+    # without reading a hundred metadata files
     paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    packages = sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions(path=paths))
+    packages = sorted(
+        entry.name
+        for path in paths
+        if os.path.isdir(path)
+        for entry in os.scandir(path)
+        if entry.name.endswith((".dist-info", ".egg-info"))
+    )
     return _hash(packages)
 
 

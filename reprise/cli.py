@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import NoReturn
 
 from reprise.errors import RepriseError
 
@@ -29,15 +29,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from mlflow.projects import ExecutionException
 
-    from reprise import paths, tracking
+    from reprise import api, paths, tracking
 
     overrides = [*args.overrides, *(["main.cache=false"] if args.no_cache else [])]
-    experiment_id = tracking.use_defaults()
-    # env manager "local" runs `python` (and `uv`) from PATH: make that this environment's.
-    bin_dir = str(Path(sys.executable).parent)
-    os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     if not {"-m", "--multirun"} & set(overrides):
-        return _run_in_process(args.steps, overrides, experiment_id)
+        return _run_in_process(args.steps, overrides)
+    experiment_id = tracking.use_defaults()
+    api.use_this_python()
     try:
         submitted = tracking.run_project(
             str(paths.PROJECT_DIR),
@@ -54,31 +52,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_in_process(steps: str, overrides: list[str], experiment_id: str) -> int:
-    import mlflow
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+def _run_in_process(steps: str, overrides: list[str]) -> int:
+    from reprise import api
 
-    from reprise import paths
-    from reprise.pipeline import run_pipeline
-
-    # as main.py does: one orchestrator line per step instead of MLflow's command echo
-    logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
     try:
-        with initialize_config_dir(str(paths.PROJECT_DIR / "config"), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, f"main.steps='{steps}'"])
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
-        log.error("bad configuration: %s%s", " ".join(str(err).split()), cause)
+        run_id = api.run(overrides, steps)
+    except api.ConfigError as err:
+        log.error("bad configuration: %s", err)
         return 1
-    mlflow.set_experiment(experiment_id=experiment_id)
-    try:
-        run_pipeline(cfg, run_name="pipeline", source=str(paths.PROJECT_DIR))
-    except RepriseError as err:
+    except api.PipelineFailed as err:
         log.error("pipeline failed: %s", err)
         return 1
-    _print_summary(mlflow.last_active_run().info.run_id)
+    _print_summary(run_id)
     return 0
 
 
@@ -269,6 +254,23 @@ def _call(module: str, function: str, *args: str) -> int:
 
     result = getattr(importlib.import_module(module), function)(*args)
     return result if isinstance(result, int) else 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the command with ``code`` once its exit handlers have run and its output is flushed,
+    skipping Python's teardown of every module and object (MLflow's thousands: about 0.6 s of a
+    pipeline rerun). Nothing is left to tear down that holds data: the tracking store commits
+    each write, and with a thread still running the normal exit is taken instead."""
+    import atexit
+    import threading
+
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None or threading.active_count() > 1:
+        sys.exit(code)
+    run_exit_handlers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
