@@ -118,9 +118,14 @@ def list_remote_refs(uri: str) -> dict[str, str]:
     return refs
 
 
-def resolve_version(uri: str, version: str) -> str:
-    """The commit SHA of a tag, branch or full SHA of a remote repository."""
-    refs = list_remote_refs(uri)
+def resolve_version(uri: str, version: str, known: dict[str, dict[str, str]] | None = None) -> str:
+    """The commit SHA of a tag, branch or full SHA of a remote repository; ``known`` holds the
+    refs of repositories already listed (by URI), so one pipeline lists each repository once."""
+    if known is None:
+        known = {}
+    if uri not in known:
+        known[uri] = list_remote_refs(uri)
+    refs = known[uri]
     for ref in (f"refs/tags/{version}", f"refs/heads/{version}"):
         if ref in refs:
             return refs[ref]
@@ -174,8 +179,14 @@ def _local_state(folder: Path) -> tuple[str | None, bool]:
     return sha, dirty
 
 
-def resolve(spec: ComponentSpec, base_dir: Path, cache: Path) -> ResolvedComponent:
-    """Find the code of one component; every failure is a RepriseError naming cause and fix."""
+def resolve(
+    spec: ComponentSpec,
+    base_dir: Path,
+    cache: Path,
+    known_refs: dict[str, dict[str, str]] | None = None,
+) -> ResolvedComponent:
+    """Find the code of one component; every failure is a RepriseError naming cause and fix.
+    ``known_refs``: see resolve_version."""
     repository, subdir = split_subdirectory(spec.repository)
     remote = is_remote(repository)
     if not remote:
@@ -198,7 +209,7 @@ def resolve(spec: ComponentSpec, base_dir: Path, cache: Path) -> ResolvedCompone
             "but has no version.",
             "set components.version to a tag of that repository.",
         )
-    sha = resolve_version(repository, spec.version)
+    sha = resolve_version(repository, spec.version, known_refs)
     work_tree = checkout(repository, spec.version, sha, cache / "checkouts" / sha)
     return _found(
         spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False

@@ -320,7 +320,11 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 steps = select_steps(cfg.main.steps)
                 specs = component_specs(cfg, steps)
                 # Resolve every component before any step runs: a bad tag fails in seconds.
-                components = {s: resolve(specs[s], paths.ROOT, paths.cache_dir()) for s in steps}
+                # Each repository is listed once: its steps agree on what a tag means.
+                refs: dict[str, dict[str, str]] = {}
+                components = {
+                    s: resolve(specs[s], paths.ROOT, paths.cache_dir(), refs) for s in steps
+                }
             mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             configure_child_environment(cfg, parent.info.run_id)
