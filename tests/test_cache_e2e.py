@@ -3,10 +3,14 @@ Unchanged work is reused with its lineage; any change of a key part reruns what 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from reprise.pipeline import STEPS
-from support import ComponentsRemote, Workspace, latest_steps, run_reprise, workspace_env
+from support import ROOT, ComponentsRemote, Workspace, latest_steps, run_reprise, workspace_env
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
@@ -14,17 +18,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
 SMALL = "etl.sample=sample1.parquet"
 
 
+def pins_of(remote: ComponentsRemote) -> tuple[str, ...]:
+    """The overrides of every run of this module: the small sample, the remote components."""
+    return (
+        SMALL,
+        f"components.repository={remote.url}",
+        "components.version=0.1.0",
+        "components.env_manager=local",
+    )
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, components_remote: ComponentsRemote):
     """A store with one whole pipeline run; ``run(...)`` reruns with the same pins."""
     path = tmp_path_factory.mktemp("cache")
     workspace = Workspace(path, workspace_env(path))
-    pins = (
-        SMALL,
-        f"components.repository={components_remote.url}",
-        "components.version=0.1.0",
-        "components.env_manager=local",
-    )
+    pins = pins_of(components_remote)
 
     def run(*args: str):
         steps = [a for a in args if a.startswith("--steps=")]
@@ -126,3 +135,49 @@ def test_checkouts_are_kept_once_per_commit(store, components_remote: Components
     checkouts = workspace.path / "cache" / "checkouts"
     names = sorted(p.name for p in checkouts.iterdir())
     assert names == sorted(components_remote.tags.values())  # 0.1.0 and 0.2.0, nothing else
+
+
+SESSION = """
+import json, sys
+from mlflow.tracking import MlflowClient
+from reprise import api
+
+pins = json.loads(sys.argv[1])
+client = MlflowClient()
+out = []
+for overrides in ([], ["model.max_depth=6"], ["model.max_depth=6"], ["model.no_such_key=1"]):
+    try:
+        run_id = api.run([*pins, *overrides])
+    except api.ConfigError as err:
+        out.append({"error": str(err)})
+        continue
+    children = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
+    cached = sorted(c.data.tags["mlflow.runName"] for c in children
+                    if "reprise.cached_from" in c.data.tags)
+    out.append({"run": run_id, "status": client.get_run(run_id).info.status, "cached": cached})
+print(json.dumps(out))
+"""
+
+
+def test_the_python_api_reruns_in_one_process(store, components_remote: ComponentsRemote):
+    """reprise.api.run, called again and again in one process as a notebook would: each call a
+    pipeline run of its own, the cache as the command line's, a bad override an exception."""
+    workspace = store[0]
+    result = subprocess.run(
+        [sys.executable, "-c", SESSION, json.dumps(pins_of(components_remote))],
+        cwd=ROOT,
+        env=workspace.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    unchanged, changed, again, bad = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len({unchanged["run"], changed["run"], again["run"]}) == 3
+    assert unchanged["status"] == changed["status"] == again["status"] == "FINISHED"
+    assert unchanged["cached"] == again["cached"] == sorted(STEPS)
+    upstream = {"get_data", "basic_cleaning", "data_check", "train_val_test_split"}
+    assert set(changed["cached"]) == upstream
+    assert "no_such_key" in bad["error"]
