@@ -21,29 +21,19 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, code_state, record, serve_components
+from common import code_state, python, record, serve_components
 
 
 def run(env: dict[str, str], *args: str) -> tuple[float, dict[str, float], str]:
     """Wall seconds of one `python -m reprise run`, its per-step seconds, and ran/cached."""
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "reprise", "run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
+    result = python("-m", "reprise", "run", *args, env=env)
     wall = time.monotonic() - started
-    if result.returncode != 0:
-        raise SystemExit(result.stderr[-3000:])
     steps, kinds = {}, []
     for line in result.stdout.splitlines():
         parts = line.split()
@@ -86,16 +76,7 @@ print(json.dumps({
 
 def session(env: dict[str, str], pins: list[str]) -> dict[str, tuple[float, str, float]]:
     """Wall seconds, ran/cached and the ran steps' seconds of reruns called in one process."""
-    result = subprocess.run(
-        [sys.executable, "-c", SESSION, json.dumps(pins)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if result.returncode != 0:
-        raise SystemExit(result.stderr[-3000:])
+    result = python("-c", SESSION, json.dumps(pins), env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -91,3 +91,14 @@ def code_state() -> str:
     return f"Reprise at {git('rev-parse', '--short', 'HEAD')}" + (
         f" with uncommitted changes to {', '.join(changed)}" if changed else ""
     )
+
+
+def python(*args: str, env: dict[str, str], timeout: float = 3600) -> subprocess.CompletedProcess:
+    """``python ARGS`` (this virtual environment's) from the repository root; a failure stops the
+    benchmark with the end of its output."""
+    result = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise SystemExit((result.stdout + result.stderr)[-4000:])
+    return result

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, code_state, record
+from common import code_state, python, record
 
 MODEL_NAME = "adult_income"
 EXPERIMENT = "reprise-bench"
@@ -115,16 +115,7 @@ def make_store(base: Path, tracking_uri: str | None, version: str | None = None)
         client.create_experiment(EXPERIMENT, artifact_location=(base / "mlartifacts").as_uri())
         sys.stderr.write("making the store: python -m reprise run (about a minute)\n")
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "reprise", "run"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        if result.returncode != 0:
-            raise SystemExit((result.stdout + result.stderr)[-4000:])
+        python("-m", "reprise", "run", env=env, timeout=1800)
         sys.stderr.write(f"  pipeline run: {time.monotonic() - started:.0f} s\n")
         version = client.get_model_version_by_alias(MODEL_NAME, "candidate").version
         client.set_registered_model_alias(MODEL_NAME, "prod", version)
