@@ -303,6 +303,22 @@ def promote(version: str) -> None:
     log.info(
         "%s@%s is now version %s (release %s)", model["name"], PROD_ALIAS, model["version"], version
     )
+    _compile_for_serving(version)
+
+
+def _compile_for_serving(version: str) -> None:
+    """Load (and so compile into the cache folder) the release's model now, so the first
+    `make predict` or `make serve` of it starts in a second. A model that cannot be compiled is
+    served by scikit-learn's path; that is no reason to fail the promotion."""
+    from reprise.serving import model as served_model
+
+    try:
+        served = served_model.load(*served_model.resolve(release=version))
+    except RepriseError as err:
+        log.warning("the model of release %s was not compiled for serving: %s", version, err)
+        return
+    if served.scorer is not None and served.scorer.trees is not None:
+        log.info("model of release %s compiled for serving (trees as arrays)", version)
 
 
 def list_releases() -> None:

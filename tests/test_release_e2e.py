@@ -209,6 +209,9 @@ def test_promote_aliases_the_release_model_prod(released: Project) -> None:
     assert result.returncode == 0, output_of(result)[-4000:]
     client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
     assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 1
+    # compiled for serving now, so the first predict of prod starts fast
+    assert "model of release 1.0.0 compiled for serving" in output_of(result)
+    assert list((released.workspace.path / "cache" / "scorers").rglob("*.npz"))
     rollforward = released.reprise("promote", "1.1.0")
     assert rollforward.returncode == 0
     assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 2
