@@ -183,10 +183,12 @@ class _Trees:
         return total / len(self.roots)
 
 
-def _compile_trees(classifier: Any, inputs_of: list[tuple[int, int]]) -> _Trees | None:
+def _compile_trees(
+    classifier: Any, inputs_of: list[tuple[int, int]], n_numeric: int
+) -> _Trees | None:
     """The fitted tree or forest as a _Trees, or None for another estimator (or a forest too big
     to walk node by node). ``inputs_of[f]`` is (input index, category code or -1) of one-hot
-    column f."""
+    column f; the first ``n_numeric`` inputs are numbers."""
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
     from sklearn.tree import DecisionTreeClassifier
 
@@ -220,10 +222,9 @@ def _compile_trees(classifier: Any, inputs_of: list[tuple[int, int]]) -> _Trees 
         parts["value"].append(fractions[:, positive])
         offset += t.node_count
     arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    arrays = {
-        n: a.astype(np.int64) if n not in ("threshold", "value") else a for n, a in arrays.items()
-    }
-    return _Trees(roots=np.array(roots, dtype=np.int64), n_numeric=0, **arrays)
+    for name in ("left", "right", "feature", "category"):
+        arrays[name] = arrays[name].astype(np.int64)
+    return _Trees(roots=np.array(roots, dtype=np.int64), n_numeric=n_numeric, **arrays)
 
 
 class FastScorer:
@@ -301,12 +302,9 @@ class FastScorer:
         for k, spec in enumerate(categorical):
             for j in range(len(spec.categories)):
                 inputs_of[spec.offset + j] = (len(numeric) + k, j)
-        trees = _compile_trees(classifier, inputs_of)
+        trees = _compile_trees(classifier, inputs_of, len(numeric))
         if trees is not None:
-            trees.n_numeric = len(numeric)
             return cls(threshold, numeric, categorical, position, trees, None, at_threshold)
-        if hasattr(classifier, "n_jobs"):
-            classifier.n_jobs = 1  # the callers' processes are the parallelism
         return cls(threshold, numeric, categorical, position, None, classifier, at_threshold)
 
     # --- saving ------------------------------------------------------------------------------------

@@ -205,8 +205,8 @@ def resolve(release: str | None = None, model: str | None = None) -> tuple[str, 
     if local is not None:
         meta = {"name": name, "version": local.version, "artifacts": str(local.artifacts)}
         return uri, {**meta, "alias": alias} if alias else meta
-    if alias is None:
-        return uri, {}
+    if alias is None:  # models:/name/N names its version; anything else is MLflow's to read
+        return uri, {"name": name, "version": version} if version and version.isdigit() else {}
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -282,13 +282,15 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
     columns = {
         spec.name: NUMERIC_TYPES.get(spec.type.name, "string") for spec in signature.inputs.inputs
     }
+    classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {}).get(
+        "classifier"
+    )
+    if hasattr(classifier, "n_jobs"):
+        classifier.n_jobs = 1  # a request or a chunk is small, and the workers are the parallelism
     try:
         scorer = FastScorer.compile(sk_model)
     except NotCompilable as why:
         log.warning("model %s: no fast path (%s); scikit-learn's own path serves it", uri, why)
-        classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {})
-        if hasattr(classifier.get("classifier"), "n_jobs"):
-            classifier["classifier"].n_jobs = 1  # one request is small: threads cost more
         return _served(uri_pinned, meta, model=sk_model, columns=columns, scorer=None)
     if compiled is not None and scorer.saveable:
         try:

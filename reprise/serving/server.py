@@ -68,11 +68,7 @@ class ModelReference:
 
     def resolve(self) -> tuple[str, dict[str, Any]]:
         """The model URI and its identity now (RepriseError when the alias points nowhere)."""
-        uri, meta = served_model.resolve(self.release, self.model)
-        name, _, version = uri.removeprefix("models:/").rpartition("/")
-        if not meta.get("version") and uri.startswith("models:/") and version.isdigit():
-            meta = {**meta, "name": name, "version": version}  # models:/name/N names its version
-        return uri, meta
+        return served_model.resolve(self.release, self.model)
 
     def __str__(self) -> str:
         return f"release {self.release}" if self.release else self.uri
