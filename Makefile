@@ -80,9 +80,10 @@ release-components: setup ## Cut a release of components-repo/: PART=patch|minor
 publish-components: setup ## Push components-repo/ and its tags as a repository of its own to REMOTE=uri
 	$(PY) -m reprise publish-components $(REMOTE)
 
-predict: setup ## Score a file offline: INPUT=in.parquet|csv OUTPUT=out.parquet|csv (RELEASE=, MODEL=, ENGINE=local|spark, ON_ERROR=fail|quarantine)
+predict: setup ## Score a file offline: INPUT=in.parquet|csv OUTPUT=out.parquet|csv (RELEASE=, MODEL=, ENGINE=local|spark, ON_ERROR=fail|quarantine, OVERWRITE=1)
 	$(PY) -m reprise predict --input "$(INPUT)" --output "$(OUTPUT)" --engine $(ENGINE) --on-error $(ON_ERROR) \
-	  $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)")
+	  $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)") \
+	  $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 # make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
 # prod alias, followed as it moves) and where; SERVE_ARGS passes more (--poll-seconds, ...).
@@ -113,6 +114,10 @@ lock: $(TOOLS_STAMP) ## Re-resolve uv.lock and every requirements.txt after a ch
 	  (cd $$dir && $(CURDIR)/$(UV) pip compile -q requirements.in -c $(CURDIR)/$(TOOLS)/constraints.txt \
 	    -o requirements.txt --python-version 3.11 --no-header --no-annotate) || exit 1; \
 	done
+
+.PHONY: doctor
+doctor: setup ## End runs left RUNNING by a process that is gone, remove their temporary folders; list what changed
+	$(PY) -m reprise doctor
 
 clean: ## Remove local run state (MLflow store, artifacts, W&B offline runs, outputs) and caches
 	rm -rf mlflow.db mlartifacts mlruns wandb outputs multirun .pytest_cache .ruff_cache

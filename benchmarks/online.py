@@ -6,7 +6,11 @@ run one at a time on 127.0.0.1; the load comes from this process. Appends its ta
 benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/online.py [--seconds 15] [--clients 8]
-        [--tracking-uri URI [--model-version N]]
+        [--tracking-uri URI [--model-version N]] [--baseline GIT-REF]
+
+--baseline HEAD also serves the `reprise` package of that commit (exported with `git archive`,
+put first on PYTHONPATH; or a folder holding a `reprise` package) in the same run, so a change to
+the server is measured against what it changes under the same load.
 
 Without --tracking-uri a store is made in a temporary folder: a whole pipeline run on the bundled
 data (~1 minute), its candidate version aliased prod, as the serving tests make theirs.
@@ -40,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import code_state, python, record
+from common import ROOT, code_state, python, record
 
 MODEL_NAME = "adult_income"
 EXPERIMENT = "reprise-bench"
@@ -145,6 +149,20 @@ def make_store(base: Path, tracking_uri: str | None, version: str | None = None)
         raise SystemExit(f"no train_val_test_split run in {uri}: nothing to take test rows from")
     table = Path(client.download_artifacts(found[0].info.run_id, "test.parquet", str(base)))
     return Store(uri, str(version), table, env)
+
+
+def baseline_env(base: Path, ref: str, store: Store) -> dict[str, str]:
+    """The store's environment with the `reprise` package of git ``ref`` (or the one in the
+    folder ``ref``) first on PYTHONPATH."""
+    if (Path(ref) / "reprise" / "__init__.py").is_file():
+        return {**store.env, "PYTHONPATH": str(Path(ref).resolve())}
+    folder = base / "baseline"
+    folder.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", ref, "reprise"], cwd=ROOT, capture_output=True, check=True, timeout=60
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True, timeout=60)
+    return {**store.env, "PYTHONPATH": str(folder)}
 
 
 def model_columns(store: Store) -> list[str]:
@@ -474,7 +492,7 @@ def report(
         f"`{command}`\n",
         f"{code_state()}. Load average (1, 5, 15 min): {load}. "
         "One row per request over keep-alive; the same rows and model version for both "
-        "servers, which ran one at a time.\n",
+        "servers; Reprise and MLflow ran one at a time (a baseline, beside Reprise, load by load).\n",
         "| server | endpoint | clients | client | requests | errors | req/s | p50 ms | p95 ms "
         "| p99 ms | req/s vs MLflow | p50 vs MLflow |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -492,7 +510,7 @@ def report(
     lines += ["", "Targets (Reprise against MLflow, same clients and client library):", ""]
     for p in phases:
         ref = mlflow.get((p.clients, p.client))
-        if p.server == "mlflow" or ref is None:
+        if p.server != "reprise" or ref is None:
             continue
         rate_ok = p.rate >= 10 * ref.rate
         p50_ok = p.percentile(0.5) <= ref.percentile(0.5) / 10
@@ -505,6 +523,19 @@ def report(
         )
     errors = sum(p.errors for p in phases)
     lines.append(f"- errors: {errors} ({'met' if errors == 0 else 'NOT met'}: target 0)")
+    before = {
+        (p.endpoint, p.clients, p.client): p for p in phases if p.server.startswith("reprise@")
+    }
+    if before:
+        lines += ["", "This working tree against the baseline, same run:", ""]
+    for p in phases:
+        old = before.get((p.endpoint, p.clients, p.client))
+        if p.server == "reprise" and old is not None and old.rate:
+            lines.append(
+                f"- {p.endpoint}, {p.clients} client(s) ({p.client}): {p.rate:,.0f} req/s vs "
+                f"{old.rate:,.0f} for {old.server} ({p.rate / old.rate - 1:+.1%}), p50 "
+                f"{p.percentile(0.5):.2f} ms vs {old.percentile(0.5):.2f} ms"
+            )
     lines += [
         "",
         "Load generator alone, against a null server (fixed answer, no work): "
@@ -529,6 +560,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--tracking-uri", help="use this store instead of making one")
     parser.add_argument("--model-version", help="with --tracking-uri: the version to serve")
+    parser.add_argument(
+        "--baseline", help="also serve the reprise package of this git ref (or in this folder)"
+    )
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
     command = shlex.join([".venv/bin/python", "benchmarks/online.py", *sys.argv[1:]])
@@ -558,27 +592,43 @@ def main() -> None:
         uri = f"models:/{MODEL_NAME}/{store.version}"
         phases: list[Phase] = []
         check = {}
-        port = free_port()
-        reprise = start_server(
-            "reprise serve",
-            [sys.executable, "-m", "reprise", "serve", "--model", uri, "--port", str(port)],
-            store.env,
-            port,
-            "/ready",
-            base,
-        )
-        servers.append(reprise)
+        versions = [("reprise", store.env)]
+        if args.baseline:
+            label = Path(args.baseline).name or args.baseline  # a folder by its name
+            versions.append((f"reprise@{label}", baseline_env(base, args.baseline, store)))
+        # with a baseline, both are up at once (the idle one costs nothing) and each load runs
+        # on one, then at once on the other, so that a change of the machine's load hits both
+        running: list[tuple[str, Server]] = []
         try:
-            check["/invocations"] = labels(port, invocations[:CHECK_ROWS])
-            check["/predict"] = labels(port, predict[:CHECK_ROWS], predict=True)
+            for name, env in versions:
+                port = free_port()
+                reprise = start_server(
+                    f"{name} serve",
+                    [sys.executable, "-m", "reprise", "serve", "--model", uri, "--port", str(port)],
+                    env,
+                    port,
+                    "/ready",
+                    base,
+                )
+                servers.append(reprise)
+                running.append((name, reprise))
+                check[f"{name} /invocations"] = labels(port, invocations[:CHECK_ROWS])
+                check[f"{name} /predict"] = labels(port, predict[:CHECK_ROWS], predict=True)
             for endpoint, requests in (("/invocations", invocations), ("/predict", predict)):
                 for clients in (1, args.clients):
-                    phases.append(measure("reprise", endpoint, port, requests, clients, args))
-            reference = run_httpx(port, "/invocations", split, args.seconds, args.warmup)
-            reference.server = "reprise"
-            phases.append(reference)
+                    for name, reprise in running:
+                        phases.append(
+                            measure(name, endpoint, reprise.port, requests, clients, args)
+                        )
+            for name, reprise in running:
+                reference = run_httpx(
+                    reprise.port, "/invocations", split, args.seconds, args.warmup
+                )
+                reference.server = name
+                phases.append(reference)
         finally:
-            stop_server(reprise)
+            for _, reprise in running:
+                stop_server(reprise)
 
         port = free_port()
         mlflow_bin = str(Path(sys.executable).parent / "mlflow")

@@ -6,9 +6,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from reprise import owners
 from reprise.errors import RepriseError
 from reprise.pipeline import StepFailed, run_pipeline
-from reprise.sweep import is_multirun
+from reprise.project_args import hydra_arguments
+from reprise.sweep import check_points, is_multirun
+from reprise.tracking import refuse_credentials_in_arguments
 
 log = logging.getLogger("reprise")
 
@@ -19,7 +22,11 @@ def main(cfg: DictConfig) -> None:
     # logs one line per step instead, and every parameter is on the step's run.
     logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
     try:
-        run_pipeline(cfg)
+        with owners.signals_stop():
+            run_pipeline(cfg)
+    except owners.Stopped as stop:
+        log.error("%s", stop.summary())
+        sys.exit(stop.exit_code)
     except RepriseError as err:
         log.error("pipeline failed: %s", err)
         if not (is_multirun() and isinstance(err, StepFailed)):
@@ -27,4 +34,16 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # The MLproject passes each parameter as one word; the overrides are split here, not by a shell
+    try:
+        # before Hydra reads them: it would echo them, and they are recorded in clear
+        refuse_credentials_in_arguments(sys.argv[1:])
+        sys.argv[1:] = hydra_arguments(sys.argv[1:])
+    except RepriseError as err:
+        sys.exit(f"main.py: {err}")
     main()
+    try:
+        check_points()  # a sweep with failed points exits 1, after every point and its summary
+    except RepriseError as err:
+        log.error("sweep failed: %s", err)
+        sys.exit(1)

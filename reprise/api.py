@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reprise import paths, tracking
+from reprise.components import scrub
 from reprise.errors import RepriseError
 
 
@@ -44,6 +45,7 @@ def run(overrides: Sequence[str] = (), steps: str = "all", cache: bool = True) -
     from omegaconf.errors import OmegaConfBaseException
 
     from reprise.pipeline import run_pipeline
+    from reprise.project_args import steps_override
 
     overrides = [*overrides, *([] if cache else ["main.cache=false"])]
     if {"-m", "--multirun"} & set(overrides):
@@ -56,10 +58,11 @@ def run(overrides: Sequence[str] = (), steps: str = "all", cache: bool = True) -
     logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
     try:
         with initialize_config_dir(str(paths.PROJECT_DIR / "config"), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, f"main.steps='{steps}'"])
+            cfg = compose("config", overrides=[*overrides, steps_override(steps)])
     except (HydraException, OmegaConfBaseException) as err:
         cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
-        raise ConfigError(f"{' '.join(str(err).split())}{cause}") from None
+        # Hydra echoes the override: never its credentials
+        raise ConfigError(scrub(f"{' '.join(str(err).split())}{cause}")) from None
     mlflow.set_experiment(experiment_id=experiment_id)
     try:
         run_pipeline(cfg, run_name="pipeline", source=str(paths.PROJECT_DIR))

@@ -6,13 +6,19 @@ import argparse
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import NoReturn
 
+from reprise import owners
+from reprise.components import redact
 from reprise.errors import RepriseError
 
 log = logging.getLogger("reprise")
+# Commands whose pipeline a signal stops, its runs ended KILLED.
+STOPPABLE = ("run", "release", "verify")
 
 
 def write_line(line: str = "") -> None:
@@ -25,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     A single run goes in this process (the project's config composed by Hydra, one process start
     less than `mlflow run project`); a sweep (-m) goes through the MLflow project, as Hydra's
-    multirun needs its own app.
+    multirun needs its own app. A sweep with any failed point exits 1, after its summary.
     """
     from mlflow.projects import ExecutionException
 
@@ -40,12 +46,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         submitted = tracking.run_project(
             str(paths.PROJECT_DIR),
             entry_point="main",
-            parameters={"steps": args.steps, "hydra_options": " ".join(overrides)},
+            # main.py splits hydra_options as shell words: join so that each override comes back
+            parameters={"steps": args.steps, "hydra_options": shlex.join(overrides)},
             experiment_id=experiment_id,
             env_manager="local",
             run_name="pipeline",
         )
     except ExecutionException as err:
+        if run_id := _run_id_in(str(err)):
+            _print_summary(run_id)  # the points that ran, then the line that names the failed ones
         log.error("%s", _failure_line(str(err)))
         return 1
     _print_summary(submitted.run_id)
@@ -71,11 +80,17 @@ def _failure_line(message: str) -> str:
     """The pipeline run's recorded cause (tag reprise.error), else a pointer to the log."""
     from mlflow.tracking import MlflowClient
 
-    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", message)
-    cause = MlflowClient().get_run(match.group(1)).data.tags.get("reprise.error") if match else None
+    run_id = _run_id_in(message)
+    cause = MlflowClient().get_run(run_id).data.tags.get("reprise.error") if run_id else None
     if cause:
         return f"pipeline failed: {cause}"
     return f"pipeline failed ({message.splitlines()[0]}); the cause is the error above."
+
+
+def _run_id_in(message: str) -> str:
+    """The run id in MLflow's "Run (ID '...') failed", else empty."""
+    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", message)
+    return match.group(1) if match else ""
 
 
 def _print_summary(parent_id: str) -> None:
@@ -113,7 +128,7 @@ def _print_summary(parent_id: str) -> None:
             write_line(f"      registered model: {model}")
     write_line()
     write_line(f"Look at it: {tracking.ui_command()}")
-    write_line(f"Tracking URI: {mlflow.get_tracking_uri()}")
+    write_line(f"Tracking URI: {redact(mlflow.get_tracking_uri())}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -132,6 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         on_error=args.on_error,
         engine=args.engine,
+        overwrite=args.overwrite,
     )
     model = result.model
     rate = result.rows_read / result.seconds if result.seconds else 0.0
@@ -147,6 +163,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if result.quarantine is not None:
         write_line(f"  quarantine {result.quarantine}")
     write_line(f"  {result.seconds:.1f} s, {rate:,.0f} rows/s")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """End the runs whose owner process is gone, remove their temporary folders, and list what
+    was changed and what was left alone."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from reprise import tracking
+
+    mlflow.set_tracking_uri(tracking.store_uri())
+    found = owners.doctor(MlflowClient())
+    write_line(f"Tracking URI: {redact(mlflow.get_tracking_uri())}")
+    if not found.killed:
+        write_line("No run is left RUNNING by a process that is gone.")
+    for run, reason in found.killed:
+        name = run.data.tags.get("mlflow.runName", "")
+        write_line(f"  marked KILLED: run {run.info.run_id} ({name}): {reason}")
+    if found.processes:
+        write_line(f"  stopped processes still working for them: {found.processes}")
+    for folder in found.folders:
+        write_line(f"  removed temporary folder {folder}")
+    for run, owner in found.elsewhere:
+        write_line(f"  left alone: run {run.info.run_id} is owned by {owner}, another host")
+    if found.unowned:
+        ids = ", ".join(r.info.run_id for r in found.unowned)
+        write_line(
+            f"  left alone: RUNNING with no owner recorded (older, or not started by Reprise): {ids}"
+        )
+    if found.unowned_folders:
+        write_line(
+            f"  left alone: {len(found.unowned_folders)} reprise-* folder(s) with no owner file "
+            f"in {found.unowned_folders[0].parent}"
+        )
     return 0
 
 
@@ -208,21 +259,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="how often to check the followed alias (0: only on POST /reload)",
     )
-    serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.set_defaults(
-        handler=lambda a: _call(
-            "reprise.serving.server",
-            "serve",
-            a.release,
-            a.model,
-            a.host,
-            a.port,
-            a.workers,
-            a.max_body_bytes,
-            a.poll_seconds,
-            a.access_log,
-        )
+    serve.add_argument("--max-rows", type=int, default=10_000, help="requests of more rows get 413")
+    serve.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=64,
+        help="scoring requests answered at once per worker; more get 503 with Retry-After",
     )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections per worker; over it the oldest idle one is closed",
+    )
+    serve.add_argument(
+        "--keep-alive-seconds",
+        type=float,
+        default=5.0,
+        help="an idle connection (no request begun) is closed after this",
+    )
+    serve.add_argument(
+        "--read-timeout-seconds",
+        type=float,
+        default=15.0,
+        help="a request's headers and body must arrive within this from its first byte",
+    )
+    serve.add_argument(
+        "--backlog", type=int, default=128, help="connections waiting to be accepted"
+    )
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("REPRISE_SERVE_API_KEY", ""),
+        help="require this key for scoring and /reload (default: $REPRISE_SERVE_API_KEY; "
+        "prefer the variable, a flag shows in ps)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--log-json", action="store_true", help="log lines as JSON objects")
+    serve.set_defaults(handler=cmd_serve)
 
     predict = sub.add_parser("predict", help="score a CSV or Parquet file offline (batch)")
     predict.add_argument("--input", required=True, help="a .csv, .csv.gz, .parquet or .pq file")
@@ -244,8 +317,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="a bad row stops everything (fail) or goes to <output stem>.quarantine.<suffix>",
     )
     predict.add_argument("--engine", choices=["local", "spark"], default="local")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUTPUT file (never a folder, a read-only file or the input)",
+    )
     predict.set_defaults(handler=cmd_predict)
+
+    doctor = sub.add_parser(
+        "doctor", help="end runs whose process is gone, remove their temporary folders"
+    )
+    doctor.set_defaults(handler=cmd_doctor)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over HTTP with the limits and the key the flags give."""
+    from reprise.serving import server
+    from reprise.serving.connections import Limits
+
+    settings = server.Settings(
+        max_body_bytes=args.max_body_bytes,
+        poll_seconds=args.poll_seconds,
+        max_rows=args.max_rows,
+        max_concurrency=args.max_concurrency,
+        api_key=args.api_key,
+        access_log=args.access_log,
+        log_json=args.log_json,
+    )
+    limits = Limits(args.keep_alive_seconds, args.read_timeout_seconds, args.max_connections)
+    return server.serve(
+        args.release, args.model, args.host, args.port, args.workers, settings, limits, args.backlog
+    )
 
 
 def _call(module: str, function: str, *args: str) -> int:
@@ -280,8 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except RepriseError as err:
-        log.error("%s", err)
-        return 1
+    # a signal stops these commands' pipelines and ends their runs KILLED, said in one line
+    with owners.signals_stop() if args.command in STOPPABLE else nullcontext():
+        try:
+            return args.handler(args)
+        except owners.Stopped as stop:
+            log.error("%s", owners.stop_below(stop))
+            return stop.exit_code
+        except RepriseError as err:
+            log.error("%s", err)
+            return 1

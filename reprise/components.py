@@ -12,6 +12,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reprise.errors import RepriseError
 
@@ -38,7 +39,7 @@ class ResolvedComponent:
     """Where the component's code is on this machine, and which commit it is."""
 
     name: str
-    repository: str  # credentials redacted
+    repository: str  # without credentials (strip_credentials)
     version: str | None
     sha: str | None
     path: Path
@@ -46,23 +47,113 @@ class ResolvedComponent:
     dirty: bool = False
 
 
+# Schemes whose user name is a login, not a secret: ssh needs it (git@host) to authenticate.
+_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
+# A URI anywhere in a text: a scheme, "://", then anything up to a space or a quote.
+_URI_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"]+""")
+
+
+def _secret_userinfo(parts: urllib.parse.SplitResult) -> bool:
+    """True if the URI's user info holds a secret: a password, or (but for ssh) a user name,
+    which many servers take as a token."""
+    if parts.password is not None:
+        return True
+    return parts.username is not None and parts.scheme.lower() not in _SSH_SCHEMES
+
+
+def _with_userinfo(uri: str, userinfo: str) -> str:
+    """``uri`` with ``userinfo`` in place of its own; every other character as it was."""
+    scheme, sep, rest = uri.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    host = rest[:end].rpartition("@")[2]
+    return f"{scheme}{sep}{userinfo}{host}{rest[end:]}"
+
+
 def redact(uri: str) -> str:
-    """The URI without any password or token in it."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+    """The URI without any password or token in it, ``***@`` showing where they were (for
+    messages and logs)."""
+    try:
+        if not _secret_userinfo(urllib.parse.urlsplit(uri)):
+            return uri
+    except ValueError:  # not a URI urllib can read (a bad port, say): hide what looks like one
+        return _CREDENTIALS.sub("://***@", uri)
+    return _with_userinfo(uri, "***@")
 
 
-_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+def strip_credentials(uri: str) -> str:
+    """The URI without its secret user info, as it is recorded (tags, config, manifests): git
+    then takes the credentials from its helper, GIT_ASKPASS or ~/.netrc, so a rerun works."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if not _secret_userinfo(parts):
+            return uri
+    except ValueError:
+        return _CREDENTIALS.sub("://", uri)
+    login = parts.username if parts.scheme.lower() in _SSH_SCHEMES else None
+    return _with_userinfo(uri, f"{login}@" if login else "")
 
 
-def scrub(text: str, uri: str) -> str:
-    """``text`` (git's message, say) without the credentials of ``uri``, however it was quoted."""
-    text = _CREDENTIALS.sub("://***@", text.replace(uri, redact(uri)))
+def has_credentials(text: str) -> bool:
+    """True if a URI anywhere in ``text`` carries a password or token in its user info."""
+    return any(strip_credentials(m.group()) != m.group() for m in _URI_IN_TEXT.finditer(text))
+
+
+def without_credentials(value: Any) -> Any:
+    """``value`` (plain data: a config, a manifest) with every URI in its strings stripped of
+    its credentials; keys and other values as they are."""
+    if isinstance(value, dict):
+        return {k: without_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_credentials(v) for v in value]
+    if isinstance(value, str) and has_credentials(value):
+        return _URI_IN_TEXT.sub(lambda m: strip_credentials(m.group()), value)
+    return value
+
+
+def find_credentials(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, string) of every string in ``value`` (plain data) holding a URI with
+    credentials."""
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in find_credentials(item, f"{prefix}{key}.")]
+    if isinstance(value, list):
+        return [f for i, item in enumerate(value) for f in find_credentials(item, f"{prefix}{i}.")]
+    if isinstance(value, str) and has_credentials(value):
+        return [(prefix.rstrip("."), value)]
+    return []
+
+
+def _is_repository_key(key: str) -> bool:
+    """components.repository or components.overrides.<step>.repository: URIs git fetches."""
+    parts = key.split(".")
+    return parts == ["components", "repository"] or (
+        len(parts) == 4 and parts[:2] == ["components", "overrides"] and parts[3] == "repository"
+    )
+
+
+def refuse_credentials(settings: dict[str, Any]) -> None:
+    """Refuse a URI with credentials in any setting but the components' repositories (which git
+    fetches and which are recorded stripped): a step gets its settings as parameters, which
+    MLflow and W&B record in clear."""
+    leaked = [(k, v) for k, v in find_credentials(settings) if not _is_repository_key(k)]
+    if leaked:
+        key, value = leaked[0]
+        raise RepriseError(
+            f"Setting {key} holds a URI with credentials ({scrub(value)[:200]}): its "
+            "step would get it as a parameter, which MLflow and W&B record in clear.",
+            "take them out of the URI: download the file and name its local path, or serve it "
+            "where it needs none.",
+        )
+
+
+_CREDENTIALS = re.compile(r"://[^/\s]*@")
+
+
+def scrub(text: str, uri: str = "") -> str:
+    """``text`` (git's or Hydra's message, say) without credentials: none of any URI in it, and
+    none of ``uri``'s, however it was quoted."""
+    if uri:
+        text = text.replace(uri, redact(uri))
+    text = _CREDENTIALS.sub("://***@", text)
     userinfo, at, _ = urllib.parse.urlsplit(uri).netloc.rpartition("@")
     if at and userinfo:
         text = text.replace(f"{userinfo}@", "***@")
@@ -84,7 +175,10 @@ def is_remote(repository: str) -> bool:
 
 
 def _git(*args: str, cwd: Path | None = None, timeout: int = GIT_TIMEOUT_S) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    # Never prompt (a pipeline would hang); credentials come from git's credential helper, the
+    # user's GIT_ASKPASS or ~/.netrc, and "true" answers empty when none is set.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    env.setdefault("GIT_ASKPASS", "true")
     result = subprocess.run(
         ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -157,7 +251,8 @@ def checkout(uri: str, version: str, sha: str, target: Path) -> Path:
                 f"{redact(uri)} at '{version}' fetched commit {head}, but it was resolved to {sha}.",
                 "the ref moved while fetching; run again.",
             )
-        _git("remote", "set-url", "origin", redact(uri), cwd=staging)  # MLflow records this URL
+        # MLflow records this URL
+        _git("remote", "set-url", "origin", strip_credentials(uri), cwd=staging)
         os.replace(staging, target)  # atomic: a half-made checkout is never reused
     except subprocess.CalledProcessError as err:
         raise RepriseError(
@@ -212,7 +307,12 @@ def resolve(
     sha = resolve_version(repository, spec.version, known_refs)
     work_tree = checkout(repository, spec.version, sha, cache / "checkouts" / sha)
     return _found(
-        spec, redact(repository), spec.version, sha, work_tree / subdir / spec.name, False
+        spec,
+        strip_credentials(repository),
+        spec.version,
+        sha,
+        work_tree / subdir / spec.name,
+        False,
     )
 
 
@@ -259,7 +359,7 @@ def resolve_pinned(
         )
     work_tree = checkout(base, tag, sha, cache / "checkouts" / sha)
     spec = ComponentSpec(name, repository, tag, env_manager)
-    return _found(spec, redact(base), tag, sha, work_tree / subdir / name, False)
+    return _found(spec, strip_credentials(base), tag, sha, work_tree / subdir / name, False)
 
 
 def _found(

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from reprise import paths
+from reprise.components import without_credentials
 from reprise.errors import RepriseError
 from reprise.versioning import current_version
 
@@ -35,8 +36,11 @@ def load(version: str, root: Path = paths.ROOT) -> dict[str, Any]:
 
 
 def dump(manifest: dict[str, Any], path: Path) -> None:
+    """Write ``manifest`` to ``path``, every URI in it stripped of its credentials: a manifest is
+    committed and pushed, and a rerun takes credentials from git (helper, GIT_ASKPASS, netrc)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False, width=100))
+    clean = without_credentials(manifest)
+    path.write_text(yaml.safe_dump(clean, sort_keys=False, width=100))
 
 
 def _git(root: Path, *args: str) -> str | None:

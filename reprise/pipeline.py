@@ -16,8 +16,15 @@ from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import cache, manifest, paths, sweep, tracking
-from reprise.components import ComponentSpec, ResolvedComponent, resolve, resolve_pinned
+from reprise import cache, manifest, owners, paths, sweep, tracking
+from reprise.components import (
+    ComponentSpec,
+    ResolvedComponent,
+    refuse_credentials,
+    resolve,
+    resolve_pinned,
+    without_credentials,
+)
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -292,7 +299,9 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
     check_tracking_uri()
     client = MlflowClient()
     results: list[StepResult] = []
-    with sweep.pipeline_run(cfg, run_name) as parent:
+    # the steps' temporary files go in a folder this process owns, removed when it is gone
+    with sweep.pipeline_run(cfg, run_name) as parent, owners.scratch_for_children():
+        mlflow.set_tags(owners.this_process().tags())
         if source:  # run in process (not by `mlflow run`): say where it came from
             mlflow.set_tag("mlflow.source.name", source)
         try:
@@ -317,6 +326,7 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 }
                 mlflow.set_tag("reprise.release", release["version"])
             else:
+                refuse_credentials(OmegaConf.to_container(cfg, resolve=True))
                 steps = select_steps(cfg.main.steps)
                 specs = component_specs(cfg, steps)
                 # Resolve every component before any step runs: a bad tag fails in seconds.
@@ -326,7 +336,8 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                     s: resolve(specs[s], paths.ROOT, paths.cache_dir(), refs) for s in steps
                 }
             mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            settings = without_credentials(OmegaConf.to_container(cfg, resolve=True))
+            mlflow.log_text(OmegaConf.to_yaml(settings), "config.yaml")
             configure_child_environment(cfg, parent.info.run_id)
             outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
@@ -346,6 +357,10 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 _copy_headline(client, result.run_id)
         except RepriseError as err:
             mlflow.set_tag(ERROR_TAG, str(err)[:5000])
+            raise
+        except (KeyboardInterrupt, owners.Stopped) as stop:
+            owners.stop_run(client, parent, stop)
+            mlflow.end_run("KILLED")  # else leaving the run's context would end it FAILED
             raise
         finally:
             _fail_running_children(client, parent.info.experiment_id, parent.info.run_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from reprise import owners
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
     metric = selection_metric(cfg)
     sweep = mlflow.start_run(run_id=_sweep_run_id)  # MLFLOW_RUN_ID, if set, at the first point
     _sweep_run_id = sweep.info.run_id
-    mlflow.set_tag("reprise.sweep", "true")
+    # the sweep run has an owner like any pipeline run: a kill -9 leaves it for doctor to end
+    mlflow.set_tags({"reprise.sweep": "true", **owners.this_process().tags()})
     overrides = " ".join(HydraConfig.get().overrides.task)
     try:
         with mlflow.start_run(nested=True, run_name=f"point-{HydraConfig.get().job.num}") as point:
@@ -61,17 +64,23 @@ def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
             yield point
     finally:
         summarize(_sweep_run_id, metric, cfg.main.sweep.mode)
-        mlflow.end_run()  # the sweep run: FINISHED whatever its points did
+        mlflow.end_run()  # the sweep run: FINISHED, until check_points finds a failed point
+
+
+def _points(client: MlflowClient, sweep_run_id: str) -> list[Any]:
+    """The point runs of a sweep, oldest first."""
+    sweep = client.get_run(sweep_run_id)
+    return client.search_runs(
+        [sweep.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def summarize(sweep_run_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
     """Log the table of the sweep's points (best first) and name the best on the sweep run."""
     client = MlflowClient()
-    sweep = client.get_run(sweep_run_id)
-    points = client.search_runs(
-        [sweep.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run_id}'",
-    )
+    points = _points(client, sweep_run_id)
     rows = [
         {
             "run_id": p.info.run_id,
@@ -103,3 +112,35 @@ def summarize(sweep_run_id: str, metric: str, mode: str) -> list[dict[str, Any]]
             "  %-9s %s=%s  %s  run %s", r["status"], metric, value, r["overrides"], r["run_id"]
         )
     return rows
+
+
+def check_points() -> None:
+    """After a multirun: when any point of this process's sweep did not finish, mark the sweep run
+    FAILED and raise an error naming those points, so that the sweep exits non-zero (1) although
+    its other points ran and its summary names the best of them."""
+    # with a launcher that runs points in other processes, MLflow's run id names the sweep run
+    sweep_run_id = _sweep_run_id or os.environ.get("MLFLOW_RUN_ID")
+    if not sweep_run_id:
+        return
+    from reprise.pipeline import ERROR_TAG  # pipeline imports this module
+
+    client = MlflowClient()
+    if client.get_run(sweep_run_id).data.tags.get("reprise.sweep") != "true":
+        return
+    points = _points(client, sweep_run_id)
+    failed = [p for p in points if p.info.status != "FINISHED"]
+    if not failed:
+        return
+    named = "; ".join(
+        f"{p.info.run_name} ({p.data.tags.get(POINT_TAG) or 'no overrides'}, "
+        f"{p.info.status}, run {p.info.run_id})"
+        for p in failed
+    )
+    error = RepriseError(
+        f"{len(failed)} of {len(points)} sweep points failed: {named}.",
+        "see each failed point's run (tag reprise.error) for its cause; the sweep summary "
+        "ranks the points that finished.",
+    )
+    client.set_tag(sweep_run_id, ERROR_TAG, str(error)[:5000])
+    client.set_terminated(sweep_run_id, "FAILED")
+    raise error

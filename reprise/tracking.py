@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reprise import paths
+from reprise import owners, paths
+from reprise.components import find_credentials, has_credentials, redact, scrub
+from reprise.errors import RepriseError
 
 # MLflow is imported where it is used: a second or more of start-up that some commands skip.
 
 DEFAULT_EXPERIMENT = "reprise"
+CREDENTIALS_FIX = (
+    "take them out of the URI and let git supply them: a credential helper "
+    "(git config credential.helper store), GIT_ASKPASS or ~/.netrc."
+)
 
 
 def store_uri() -> str:
@@ -24,7 +31,8 @@ def store_uri() -> str:
 
 def use_defaults() -> str:
     """Point MLflow (and every process started from here) at the store, with artifacts beside a
-    sqlite store's file; return the experiment id."""
+    sqlite store's file; end KILLED its runs whose owner process is gone (reprise.owners); return
+    the experiment id."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -34,9 +42,10 @@ def use_defaults() -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location())
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=_artifact_location())
+    owners.reap(client, [experiment.experiment_id])
+    return experiment.experiment_id
 
 
 def _artifact_location() -> str | None:
@@ -55,16 +64,47 @@ def ui_command() -> str:
     """The command that shows this store in the MLflow UI."""
     import mlflow
 
-    return f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}"
+    return f"mlflow ui --backend-store-uri {redact(mlflow.get_tracking_uri())}"
 
 
 def run_project(uri: str, **kwargs: Any) -> Any:
-    """``mlflow.projects.run`` that leaves no folder behind: MLflow makes a temporary folder per
-    run for downloads of 'path' parameters and never removes it."""
+    """``mlflow.projects.run`` that leaves no folder behind (MLflow makes a temporary folder per
+    run for downloads of 'path' parameters and never removes it) and refuses credentials in a
+    parameter, which MLflow would record."""
+    # MLflow records every parameter in clear before the project runs: refuse credentials first.
+    leaked = find_credentials({k: str(v) for k, v in (kwargs.get("parameters") or {}).items()})
+    if leaked:
+        key, value = leaked[0]
+        raise RepriseError(
+            f"Parameter {key} holds a URI with credentials ({scrub(value)[:200]}), which MLflow "
+            "would record in clear.",
+            CREDENTIALS_FIX,
+        )
     import mlflow.projects
 
-    storage = tempfile.mkdtemp(prefix="reprise-mlflow-")
+    # in a pipeline's own scratch folder when there is one (TMPDIR): a killed run's goes with it
+    storage = tempfile.mkdtemp(prefix="reprise-mlflow-", dir=os.environ.get("TMPDIR"))
     try:
         return mlflow.projects.run(uri, storage_dir=storage, **kwargs)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+
+
+def refuse_credentials_in_arguments(args: Sequence[str]) -> None:
+    """Refuse a command line (main.py's, from `mlflow run -P ...`) holding a URI with credentials:
+    `mlflow run` has recorded it as a run parameter already, so say which run to delete."""
+    leaked = [a for a in args if has_credentials(a)]
+    if not leaked:
+        return
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    recorded = (
+        f"; `mlflow run` recorded it in clear as a parameter of run {run_id}: delete that run "
+        f"(mlflow runs delete --run-id {run_id}, then mlflow gc)"
+        if run_id
+        else ""
+    )
+    raise RepriseError(
+        f"Argument {scrub(leaked[0])[:200]} holds a URI with credentials, which a run would "
+        f"record in clear{recorded}.",
+        CREDENTIALS_FIX,
+    )

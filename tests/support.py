@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,3 +255,48 @@ def latest_steps(workspace: Workspace, parent_filter: str = "tags.`reprise.pipel
     )
     steps = {c.data.tags["reprise.step"]: c for c in children if "reprise.step" in c.data.tags}
     return parent, steps
+
+
+@dataclass
+class GitHttpServer:
+    """``git http-backend`` behind HTTP basic auth, serving the bare repositories under ``base``:
+    ``url`` holds no credentials; only ``user`` with ``password`` may fetch."""
+
+    url: str
+    user: str
+    password: str
+    pid: int
+
+    def url_with_credentials(self, path: str) -> str:
+        return self.url.replace("http://", f"http://{self.user}:{self.password}@") + path
+
+
+@contextmanager
+def git_http_auth_server(
+    base: Path, user: str, password: str, lifetime_s: int = 1800
+) -> Iterator[GitHttpServer]:
+    """A smart-HTTP git server on 127.0.0.1 requiring ``user``:``password`` (HTTP basic auth),
+    in a process of its own that ends after ``lifetime_s`` or when this context ends (by PID)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "git_http_auth_server.py"), str(base),
+         str(port), user, password, str(lifetime_s)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"the git HTTP server did not listen on 127.0.0.1:{port}")
+            time.sleep(0.1)
+    try:
+        yield GitHttpServer(f"http://127.0.0.1:{port}", user, password, process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)

@@ -163,7 +163,10 @@ def test_a_sweep_names_the_best_point_by_validation(prepared: Workspace) -> None
         "model.max_depth=3,8",
         "main.registered_model_name=adult_income_sweep",
     )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    # the depth-3 point fails the quality gate: the sweep says so and exits non-zero
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    assert "1 of 2 sweep points failed: point-0" in output, output[-4000:]
     client = client_of(prepared)
     experiment = client.get_experiment_by_name("reprise-test")
     (sweep,) = client.search_runs(

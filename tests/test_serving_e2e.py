@@ -313,7 +313,11 @@ def test_version_ready_and_docs(client: httpx.Client, served_store: ServedStore)
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/predict", "/invocations", "/health", "/ready", "/version"} <= set(schema["paths"])
-    assert schema["components"]["schemas"]["Row"]["properties"]["age"] == {"type": "integer"}
+    assert schema["components"]["schemas"]["Row"]["properties"]["age"] == {
+        "type": "integer",
+        "minimum": -(2**63),
+        "maximum": 2**63 - 1,
+    }
 
 
 def test_prod_moves_while_requests_flow_and_none_fails(

@@ -24,8 +24,9 @@ def parse_args(component_dir: Path, argv: Sequence[str] | None = None) -> argpar
     """Parse ``--name value`` flags for the ``main`` entry point of the MLproject in component_dir."""
     spec = yaml.safe_load((component_dir / "MLproject").read_text())
     parser = argparse.ArgumentParser(prog=spec["name"], description=spec.get("description"))
+    kinds = {}
     for name, param in spec["entry_points"]["main"].get("parameters", {}).items():
-        kind = _TYPES[param.get("type", "string")]
+        kind = kinds[name] = _TYPES[param.get("type", "string")]
         default = param.get("default")
         parser.add_argument(
             f"--{name}",
@@ -34,7 +35,14 @@ def parse_args(component_dir: Path, argv: Sequence[str] | None = None) -> argpar
             default=None if default is None else kind(default),
             help=param.get("description", ""),
         )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, value in vars(args).items():
+        if value == []:  # Python < 3.12 drops the value of --name=-- (a separator, it thinks)
+            try:
+                setattr(args, name, kinds[name]("--"))
+            except ValueError:
+                parser.error(f"argument --{name}: invalid {kinds[name].__name__} value: '--'")
+    return args
 
 
 def json_param(name: str, text: str) -> Any:

@@ -19,7 +19,10 @@ HERE = Path(__file__).resolve().parent
 def load_model(uri: str):
     """The sklearn model at a models:/ URI, or a StepError naming it."""
     try:
-        return mlflow.sklearn.load_model(uri)
+        # never mlflow.sklearn.load_model: it trusts whatever types the MLmodel file lists
+        return persist.load_logged(uri)
+    except StepError:
+        raise
     except Exception as err:
         raise StepError(
             f"Model {uri} cannot be loaded: {err}",

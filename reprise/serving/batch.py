@@ -1,7 +1,8 @@
 """Offline (batch) scoring of a file: stream it in chunks through a pool of processes (or Apache
 Spark), write each row's id, probability and label, and set rows that cannot be scored aside or
 stop at the first one. Nothing is half-written: outputs go to a temporary file beside the target
-and are renamed into place at the end."""
+and are renamed into place at the end. Nothing is destroyed: an output that is or holds the input,
+a folder, or (without --overwrite) an existing file is refused before any row is scored."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import pickle
+import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -92,6 +95,7 @@ class _Plan:
     columns: dict[str, str]  # model column -> "integer" | "number" | "string"
     id_column: str  # the input's id column, or ROW_COLUMN when generated
     id_generated: bool
+    overwrite: bool = False  # an existing output file may be replaced
     read_columns: list[str] = field(default_factory=list)  # model columns + id, each once
     # text columns of the model read dictionary-encoded: a few categories repeated, so chunks
     # are a third of the size to hold and to send to a worker; decoded before the checks
@@ -165,6 +169,7 @@ def _plan(
     available: dict[str, tuple[str, str]],
     id_column: str | None,
     on_error: str,
+    overwrite: bool = False,
 ) -> _Plan:
     """Choose the id column and the columns to read; check the input has what the model reads."""
     _check_input_columns(available, columns, input_path)
@@ -191,6 +196,7 @@ def _plan(
         columns=columns,
         id_column=chosen,
         id_generated=generated,
+        overwrite=overwrite,
         read_columns=read,
         dictionary_columns=[
             c
@@ -206,8 +212,11 @@ def _input_suffix(path: Path) -> str:
     return ".csv.gz" if name.endswith(".csv.gz") else path.suffix.lower()
 
 
-def _check_paths(input_path: Path, output_path: Path, engine: str) -> str:
-    """The input's format; refuses what cannot work before anything is loaded."""
+def _check_paths(
+    input_path: Path, output_path: Path, engine: str, on_error: str, overwrite: bool
+) -> str:
+    """The input's format; refuses what cannot work, or would replace what it must not, before
+    anything is loaded, and removes what dead runs left of the outputs."""
     if not input_path.exists():
         raise RepriseError(
             f"INPUT {input_path} does not exist.", "give the path of a CSV or Parquet file."
@@ -219,13 +228,113 @@ def _check_paths(input_path: Path, output_path: Path, engine: str) -> str:
         )
     kind = _suffix(input_path, INPUT_SUFFIXES, "INPUT")
     _suffix(output_path, OUTPUT_SUFFIXES, "OUTPUT")
-    if not output_path.parent.is_dir():
-        raise RepriseError(
-            f"The folder of OUTPUT, {output_path.parent}, does not exist.", "create it first."
-        )
-    if output_path.resolve() == input_path.resolve():
-        raise RepriseError("OUTPUT is INPUT: scoring would replace the data.", "write elsewhere.")
+    targets = {"OUTPUT": output_path}
+    if on_error == "quarantine":
+        targets["the quarantine file"] = quarantine_path(output_path)
+    for what, target in targets.items():
+        _check_target(what, target, input_path, overwrite)
+    for target in targets.values():
+        _remove_stale_temps(target)
     return kind
+
+
+def _check_target(what: str, target: Path, source: Path, overwrite: bool) -> None:
+    """Refuse a target that is or holds the input, a folder, an existing file (unless
+    ``overwrite``; a read-only one even then) or a place this process cannot write."""
+    subject = f"{what[:1].upper()}{what[1:]} {target}"
+    touches = _touches_input(target, source)
+    if touches:
+        raise RepriseError(
+            f"{subject} {touches}: writing it would destroy the data being scored.",
+            "write to a new file outside INPUT.",
+        )
+    folder = target.parent
+    if not folder.is_dir():
+        raise RepriseError(
+            f"The folder of {what}, {folder}, does not exist.",
+            "create it first, or write elsewhere.",
+        )
+    if target.is_dir():
+        raise RepriseError(
+            f"{subject} is a folder; predict never replaces or deletes a folder.",
+            "name a new file (remove the folder yourself if it is to go).",
+        )
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise RepriseError(
+                f"{subject} exists.",
+                "pass --overwrite (make predict OVERWRITE=1) to replace it, or name a new file.",
+            )
+        protected = target.exists() and not (
+            target.stat().st_mode & stat.S_IWUSR and os.access(target, os.W_OK)
+        )
+        if protected:
+            raise RepriseError(
+                f"{subject} is read-only; predict does not replace a protected file, "
+                "even with --overwrite.",
+                f"make it writable (chmod u+w {target}) if it may go, or name a new file.",
+            )
+    try:  # the one sure test of a folder's permissions, whoever runs this (root included)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RepriseError(
+            f"Cannot write in {folder}, the folder of {what}: {err.strerror or err}.",
+            "write to a folder you can write in, or make this one writable (chmod, chown).",
+        ) from None
+
+
+def _touches_input(target: Path, source: Path) -> str:
+    """How writing ``target`` would touch the input ("" if it would not): the same file (a
+    symlink or a hard link to it included), a folder holding it, or a file inside it."""
+    real_target, real_source = target.resolve(), source.resolve()
+    if real_target == real_source or (
+        target.exists() and os.path.samefile(target, source)  # a hard link
+    ):
+        return "is INPUT (the same file, or a link to it)"
+    if real_target in real_source.parents:
+        return "holds INPUT"
+    if real_source in real_target.parents:
+        return "is inside INPUT"
+    return ""
+
+
+def _temp_prefix(target: Path) -> str:
+    """The start of this process's temporary names beside ``target``: hidden, with the pid
+    that owns them, so a later run can tell a dead run's leftovers from a live run's files."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files (or Spark folders) of ``target`` whose writer is dead (a
+    kill -9 leaves them): only names of our own pattern, only of processes that are gone."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[A-Za-z0-9_]+\.part")
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            found = pattern.fullmatch(entry.name)
+            if not found or _alive(int(found.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                size = entry.stat().st_size
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                log.info("removed %s, left by a run that died (%d bytes)", entry, size)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or no such pid)
+        return True
+    return True
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -434,18 +543,16 @@ def _surely_good(
     columns: dict[str, str], frame: pd.DataFrame, numbers: dict[str, pd.Series]
 ) -> bool:
     """True only when ServedModel.bad_rows would find no bad row in ``frame``."""
-    # text columns of a string dtype hold text or missing, nothing else; numbers are present
-    # and whole where integers are read
+    # text columns of a string dtype hold text or missing, nothing else; numbers pass the rule
+    # of the row checks (present, finite, integers held exactly by an int64)
+    from reprise.serving.model import unfit_numbers
+
     for column, kind in columns.items():
         if kind == "string":
             if not isinstance(frame[column].dtype, pd.StringDtype):
                 return False
             continue
-        values = numbers.get(column, frame[column])
-        if pd.api.types.is_bool_dtype(values) or values.isna().any():
-            return False
-        fractional = kind == "integer" and not pd.api.types.is_integer_dtype(values)
-        if fractional and bool((values % 1 != 0).any()):
+        if unfit_numbers(numbers.get(column, frame[column]), kind).any():
             return False
     return True
 
@@ -453,7 +560,7 @@ def _surely_good(
 def _arrow_clean(columns: dict[str, str], table: pa.Table) -> bool:
     """True only when every row of ``table`` is good (ServedModel.bad_rows would find no bad
     row) and its numbers read as the model's dtypes would give them: text columns of text, number
-    columns of integers (or floats for 'number'), none missing or NaN."""
+    columns of integers an int64 holds (or floats for 'number'), none missing or not finite."""
     import pyarrow.compute as pc
 
     for column, kind in columns.items():
@@ -469,7 +576,7 @@ def _arrow_clean(columns: dict[str, str], table: pa.Table) -> bool:
         values = table.column(column)
         if not (whole or floating) or values.null_count:
             return False
-        if floating and pc.any(pc.is_nan(values)).as_py():
+        if floating and not pc.all(pc.is_finite(values)).as_py():
             return False
     return True
 
@@ -538,18 +645,44 @@ def _score_chunk(data: bytes, stop_on_bad: bool) -> _Scores:
 
 
 # --- writing ----------------------------------------------------------------------------------------
-def _put_in_place(temp: Path, target: Path) -> None:
-    """Rename ``temp`` to ``target``, replacing what is there (a file, or a folder of parts)."""
-    if target.exists() and (target.is_dir() or temp.is_dir()) and not target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+def _put_in_place(temp: Path, target: Path, overwrite: bool) -> None:
+    """Rename ``temp`` (a file, or a folder of parts) to ``target``; replaces only a file, and
+    only when ``overwrite``, keeping its mode; never a folder."""
+    if target.is_dir():  # made since the checks: never ours to replace
+        raise RepriseError(
+            f"{target} became a folder while scoring; predict never replaces a folder.",
+            "move it away and run again, or name a new file.",
+        )
+    there = target.exists() or target.is_symlink()
+    if there and not overwrite:
+        raise _exists_error(target)
+    if target.is_file() and temp.is_file():
+        temp.chmod(stat.S_IMODE(target.stat().st_mode))
+    if not there and temp.is_file():
+        try:  # a link does not replace: a file made since the checks stays
+            os.link(temp, target)
+        except FileExistsError:
+            raise _exists_error(target) from None
+        except OSError:  # a file system without hard links
+            os.replace(temp, target)
+        else:
+            temp.unlink()
+        return
+    if there and temp.is_dir():  # a folder does not rename over a file
+        old = target.with_name(f"{_temp_prefix(target)}replaced.part")
         target.rename(old)
         temp.rename(target)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        old.unlink()
         return
     os.replace(temp, target)
+
+
+def _exists_error(target: Path) -> RepriseError:
+    """The error of a target made by another process while this one scored."""
+    return RepriseError(
+        f"{target} was made by another process while scoring; it is not replaced.",
+        "run again with --overwrite to replace it, or name a new file.",
+    )
 
 
 def _umask() -> int:
@@ -562,9 +695,10 @@ def _umask() -> int:
 class _Writer:
     """Writes Arrow batches to a temporary file beside ``target``; commit() renames it there."""
 
-    def __init__(self, target: Path, kind: str, schema: pa.Schema) -> None:
+    def __init__(self, target: Path, kind: str, schema: pa.Schema, overwrite: bool) -> None:
         self.target = target
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        self.overwrite = overwrite
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=_temp_prefix(target), suffix=".part")
         os.close(fd)
         self.temp = Path(name)
         self.temp.chmod(0o666 & ~_umask())  # as a plain open() would make it, not mkstemp's 0600
@@ -587,7 +721,7 @@ class _Writer:
 
     def commit(self) -> None:
         self.close()
-        _put_in_place(self.temp, self.target)
+        _put_in_place(self.temp, self.target, self.overwrite)
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -672,8 +806,12 @@ def _predict_local(
         [(plan.id_column, id_type), (PROBABILITY, pa.float64()), (LABEL, pa.int64())]
     )
     side_schema = pa.schema([(plan.id_column, id_type), (REASON, pa.string())])
-    out = _Writer(plan.output, plan.output_format, out_schema)
-    side = _Writer(plan.quarantine, plan.output_format, side_schema) if plan.quarantine else None
+    out = _Writer(plan.output, plan.output_format, out_schema, plan.overwrite)
+    side = (
+        _Writer(plan.quarantine, plan.output_format, side_schema, plan.overwrite)
+        if plan.quarantine
+        else None
+    )
     progress = _Progress(source)
     counts = {"read": 0, "scored": 0, "quarantined": 0}
 
@@ -961,9 +1099,9 @@ def _spark_prepare(uri: str, meta: dict[str, Any], columns: dict[str, str]) -> A
     return F.pandas_udf(prepare, T.StructType(fields))
 
 
-def _spark_write(frame: Any, target: Path, kind: str) -> None:
+def _spark_write(frame: Any, target: Path, kind: str, overwrite: bool) -> None:
     """Write ``frame`` as Spark writes: a folder of part files, renamed into place at the end."""
-    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part"))
+    temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_prefix(target), suffix=".part"))
     temp.rmdir()
     try:
         writer = frame.write.mode("error")
@@ -971,7 +1109,7 @@ def _spark_write(frame: Any, target: Path, kind: str) -> None:
             writer.parquet(str(temp))
         else:
             writer.option("header", True).csv(str(temp))
-        _put_in_place(temp, target)
+        _put_in_place(temp, target, overwrite)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -987,6 +1125,7 @@ def _predict_spark(
     chunk_rows: int,
     workers: int,
     on_error: str,
+    overwrite: bool,
 ) -> tuple[_Plan, int, int, int]:
     """The same scoring on Apache Spark; (plan, rows read, scored, quarantined)."""
     # the label from mlflow.pyfunc.spark_udf; the row checks and the probability from a pandas
@@ -1003,7 +1142,9 @@ def _predict_spark(
         else:
             frame = reader.parquet(str(input_path))
         available = {f.name: _spark_kind(f.dataType) for f in frame.schema.fields}
-        plan = _plan(input_path, output_path, served.columns, available, id_column, on_error)
+        plan = _plan(
+            input_path, output_path, served.columns, available, id_column, on_error, overwrite
+        )
         ident = F.col("_row") if plan.id_generated else F.col(plan.id_column)
         frame = _with_row_numbers(frame.select(*[F.col(f"`{c}`") for c in plan.read_columns]))
         prepare = _spark_prepare(served.uri, meta, served.columns)
@@ -1043,8 +1184,9 @@ def _predict_spark(
                     bad.orderBy("_row").select(plan.id_column, reason.alias(REASON)),
                     plan.quarantine,
                     plan.output_format,
+                    overwrite,
                 )
-            _spark_write(good, plan.output, plan.output_format)
+            _spark_write(good, plan.output, plan.output_format, overwrite)
             scored = read - quarantined
         finally:
             checked.unpersist()
@@ -1090,8 +1232,10 @@ def predict(
     workers: int | None = None,
     on_error: str = "fail",
     engine: str = "local",
+    overwrite: bool = False,
 ) -> BatchResult:
-    """Score every row of INPUT with the model and write id, probability and label to OUTPUT."""
+    """Score every row of INPUT with the model and write id, probability and label to OUTPUT
+    (replacing an existing OUTPUT file only when ``overwrite``)."""
     started = time.monotonic()
     input_path, output_path = Path(input_path), Path(output_path)
     workers = workers or os.cpu_count() or 1
@@ -1105,7 +1249,7 @@ def predict(
             f"Unknown --on-error {on_error!r} or --engine {engine!r}.",
             f"use --on-error {'|'.join(ON_ERROR)} and --engine {'|'.join(ENGINES)}.",
         )
-    kind = _check_paths(input_path, output_path, engine)
+    kind = _check_paths(input_path, output_path, engine, on_error, overwrite)
     if engine == "local":  # read the header first: an unreadable file fails before the model loads
         _lean_arrow_memory()
         available = _available_local(input_path, kind)
@@ -1130,7 +1274,13 @@ def predict(
         with _terminate_as_interrupt():
             if engine == "local":
                 plan = _plan(
-                    input_path, output_path, served.columns, available, id_column, on_error
+                    input_path,
+                    output_path,
+                    served.columns,
+                    available,
+                    id_column,
+                    on_error,
+                    overwrite,
                 )
                 read, scored, quarantined, workers = _predict_local(
                     plan, served, chunk_rows, workers, on_error == "fail"
@@ -1146,6 +1296,7 @@ def predict(
                     chunk_rows,
                     workers,
                     on_error,
+                    overwrite,
                 )
     except KeyboardInterrupt:
         raise RepriseError(

@@ -13,6 +13,8 @@ one-hot matrix ColumnTransformer would give. Either way the probabilities are sc
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
@@ -34,6 +36,15 @@ SMALL_BATCH = 64
 # scikit-learn's compiled predict_proba is the faster way.
 MAX_COMPILED_NODES = 50_000
 FORMAT = 1  # of the saved file; a file of another format is not read
+# A saved scorer's sha256 is kept in a file of its own beside it, written after it: a scorer whose
+# digest file is missing, unreadable or different is not read (so it is compiled again).
+DIGEST_SUFFIX = ".sha256"
+# A compiled scorer serves only if it gives scikit-learn's probabilities on the model's input
+# example and on this many seeded synthetic rows; beyond this difference it is not used.
+CHECK_ROWS = 256
+CHECK_SEED = 0
+CHECK_TOLERANCE = 1e-9
+UNSEEN = "<a category the model never saw>"
 
 
 class NotCompilable(Exception):
@@ -334,20 +345,29 @@ class FastScorer:
         arrays = {f"tree_{name}": getattr(self.trees, name) for name in _Trees.ARRAYS}
         for k, spec in enumerate(self.categorical):
             arrays[f"categories_{k}"] = np.array(list(spec.categories), dtype=np.str_)
+        buffer = io.BytesIO()
+        np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
+        data = buffer.getvalue()
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                np.savez(out, header=np.array(json.dumps(header)), **arrays)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        _write_atomically(path, data)
+        # after the scorer: a kill between the two leaves a scorer without digest, never read
+        _write_atomically(digest_path(path), f"{hashlib.sha256(data).hexdigest()}\n".encode())
 
     @classmethod
     def load(cls, path: Path) -> tuple[FastScorer, dict[str, Any]]:
-        """The scorer saved at ``path`` and its ``extra``; ValueError if it is not one."""
-        with np.load(path, allow_pickle=False) as saved:
+        """The scorer saved at ``path`` and its ``extra``; ValueError if it is not one, or if
+        its bytes differ from the digest kept beside it."""
+        data = path.read_bytes()  # read once: the bytes checked are the bytes used
+        kept = digest_path(path)
+        try:
+            expected = kept.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            raise ValueError(f"no readable digest {kept.name} kept beside it") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError(
+                f"its sha256 differs from the digest kept in {kept.name}: edited or damaged"
+            )
+        with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             header = json.loads(str(saved["header"]))
             if header.get("format") != FORMAT:
                 raise ValueError(f"{path}: format {header.get('format')}, not {FORMAT}")
@@ -423,6 +443,124 @@ class FastScorer:
         """Labels at the model's threshold, by the model's own rule."""
         positive = proba >= self.threshold if self.at_threshold else proba > self.threshold
         return positive.astype(np.int64)
+
+    # --- checking against scikit-learn -----------------------------------------------------------
+    def synthetic_rows(
+        self,
+        kinds: Mapping[str, str],
+        example: pd.DataFrame | None = None,
+        n: int = CHECK_ROWS,
+        seed: int = CHECK_SEED,
+    ) -> pd.DataFrame:
+        """``n`` seeded rows of the columns ``kinds`` names ("integer" | "number" | "string"),
+        numbers as int64 or float64 and text as objects (None where missing):
+        each category the scorer knows, missing and unseen ones; numbers at, next to and between
+        the thresholds its trees split at (else around its scaler's mean, or the example's)."""
+        rng = np.random.default_rng(seed)
+        numeric = {spec.column: k for k, spec in enumerate(self.numeric)}
+        categorical = {spec.column: spec for spec in self.categorical}
+        out: dict[str, Any] = {}
+        for column, kind in kinds.items():
+            if column in categorical:
+                known = list(categorical[column].categories)
+                choices = np.array([*known, None, UNSEEN], dtype=object)
+                weights = np.array([0.85 / len(known)] * len(known) + [0.1, 0.05])
+                out[column] = rng.choice(choices, size=n, p=weights / weights.sum())
+            elif column in numeric:
+                anchors = self._anchors(numeric[column], example, column)
+                out[column] = _around(anchors, kind, n, rng)
+            elif example is not None and column in example and len(example):
+                out[column] = rng.choice(example[column].to_numpy(dtype=object), size=n)
+            else:
+                out[column] = np.full(n, "" if kind == "string" else 0, dtype=object)
+        dtypes = {"integer": np.int64, "number": np.float64}
+        return pd.DataFrame(
+            {c: np.asarray(v, dtype=dtypes.get(kinds[c], object)) for c, v in out.items()}
+        )
+
+    def _anchors(self, k: int, example: pd.DataFrame | None, column: str) -> np.ndarray:
+        """The values of numeric input ``k`` where the model's answer may change, in raw units."""
+        spec = self.numeric[k]
+        if self.trees is not None:
+            found = self.trees.threshold[self.trees.feature == k]
+            if spec.scale is not None:
+                found = found * spec.scale
+            if spec.mean is not None:
+                found = found + spec.mean
+        elif spec.mean is not None and spec.scale is not None:
+            found = spec.mean + spec.scale * np.array([-3.0, -1.0, 0.0, 1.0, 3.0])
+        else:
+            found = np.array([])
+        if example is not None and column in example:
+            found = np.concatenate([found, pd.to_numeric(example[column]).to_numpy(np.float64)])
+        found = found[np.isfinite(found)]
+        return found if len(found) else np.array([0.0])
+
+    def disagreement(self, model: Any, rows: pd.DataFrame) -> str:
+        """Where this scorer and scikit-learn's fitted ``model`` differ on ``rows``, read whole,
+        a few at a time and as Arrow; "" when they agree."""
+        import pyarrow as pa
+
+        expected = model.predict_proba(rows)[:, list(model.classes_).index(1)]
+        labels = np.asarray(model.predict(rows), dtype=np.int64)
+        few = rows.iloc[:SMALL_BATCH]
+        try:
+            whole = self.predict_proba(rows)
+            ways = [
+                ("whole", whole, expected),
+                ("a few rows", self.predict_proba({c: few[c].tolist() for c in few}), expected),
+                ("as Arrow", self.predict_proba_arrow(pa.Table.from_pandas(rows)), expected),
+                ("as labels", self.predict(whole), labels),
+            ]
+        except Exception as err:  # a scorer that cannot score what scikit-learn scores
+            return f"it fails on rows scikit-learn scores: {err!r}"
+        for way, got, wanted in ways:
+            wanted = wanted[: len(got)]
+            wrong = np.flatnonzero(~(np.abs(got - wanted) <= CHECK_TOLERANCE))
+            if len(wrong):
+                i = int(wrong[0])
+                return (
+                    f"row {i} of {len(rows)} checked, {way}: {got[i]:.6g} where scikit-learn "
+                    f"gives {wanted[i]:.6g} ({len(wrong)} rows differ)"
+                )
+        return ""
+
+
+def _around(anchors: np.ndarray, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` numbers: a third exactly at an anchor, a third just beside one (the next float, or
+    the next integer), a third anywhere over the anchors' range and a little beyond."""
+    integer = kind == "integer"
+    low, high = float(anchors.min()), float(anchors.max())
+    margin = 0.1 * (high - low) + 1.0
+    picked = rng.choice(anchors, size=n)
+    step = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    beside = picked + step if integer else np.nextafter(picked, picked + step)
+    spread = rng.uniform(low - margin, high + margin, size=n)
+    which = rng.integers(0, 3, size=n)
+    values = np.where(which == 0, picked, np.where(which == 1, beside, spread))
+    if integer:
+        # a threshold of an integer column lies between two integers: each side is drawn
+        values = np.clip(
+            np.where(rng.random(n) < 0.5, np.floor(values), np.ceil(values)), -(2**62), 2**62
+        )
+    return values
+
+
+def digest_path(path: Path) -> Path:
+    """The file beside a saved scorer that keeps its sha256."""
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` whole or not at all: written beside it, then renamed over it."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def _categorical_steps(step: Any) -> tuple[Any, Any]:

@@ -3,7 +3,11 @@ schema from the MLflow signature, and the checks every input row must pass.
 
 A model whose fast path is plain arrays (a decision tree or a small forest) is compiled once per
 model version and kept in the cache folder under the digest of the version's files; later loads
-of that version read the arrays and import neither MLflow nor scikit-learn.
+of that version read the arrays and import neither MLflow nor scikit-learn. A compiled scorer
+is kept only once it gave scikit-learn's answers on the model's input example and seeded
+synthetic rows, and is read back only while its bytes match the sha256 kept beside it (a
+missing or other digest: compiled again). The model files are read with skops, trusting only
+the components' own list of types (model_trust), never the list their MLmodel file carries.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ DEFAULT_NAME = "adult_income"
 PROD_ALIAS = "prod"
 # MLflow signature types -> the kind of value a column holds
 INT64 = 2**63  # integers are held as int64
+# Below this a float holds every integer exactly; above it, 9007199254740993 arrives as ...992
+# and 9.3e18 may stand for any of 1024 integers, so an integer column refuses such floats.
+FLOAT_EXACT = 2**53
 # Files of a model version's folder that say nothing of the model: MLflow writes this one at the
 # version's first load (its name and number), which would change the folder's digest.
 NOT_THE_MODEL = {"registered_model_meta"}
@@ -139,20 +146,79 @@ class ServedModel:
         for column, kind in self.columns.items():
             values = frame[column]
             if kind == "string":
+                numbers = values
                 bad = values.notna() & ~values.map(lambda v: isinstance(v, str))
-                problem = "must be text or null"
             else:
                 numbers = pd.to_numeric(values, errors="coerce")
-                bad = numbers.isna()
-                if kind == "integer":
-                    bad |= numbers.notna() & (numbers % 1 != 0)
-                problem = f"must be {'an integer' if kind == 'integer' else 'a number'}"
+                bad = pd.Series(unfit_numbers(numbers, kind), index=frame.index)
             first = bad & (reasons == "")
             reasons[first] = [
-                f"{column}: {'a missing value' if pd.isna(v) else repr(v)} {problem}"
-                for v in values[first]
+                f"{column}: {_file_value_problem(v, n, kind)}"
+                for v, n in zip(values[first], numbers[first], strict=True)
             ]
         return reasons
+
+
+def unfit_numbers(numbers: Any, kind: str) -> np.ndarray:
+    """Per value of an array of numbers, whether a column of ``kind`` ("integer" or "number")
+    refuses it: missing, not finite, or for an integer column not a whole number that an int64
+    holds exactly (a float only below 2**53). The one rule of requests, rows and files."""
+    values = np.asarray(numbers)
+    if values.dtype.kind == "b":
+        return np.ones(values.shape, dtype=bool)
+    if values.dtype.kind == "i":
+        return np.zeros(values.shape, dtype=bool)
+    if values.dtype.kind == "u":
+        return values >= np.uint64(INT64)
+    if values.dtype.kind != "f":  # objects (Decimal, None, text): as numbers, or missing
+        values = pd.to_numeric(pd.Series(values.ravel()), errors="coerce").to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):  # inf % 1 is NaN, as it should be here
+        return ~_fit_floats(values, kind)
+
+
+def _fit_floats(values: Any, kind: str) -> Any:
+    """Whether floats fit a column of ``kind``, written once for one float and for an array:
+    finite, and for an integer column whole and below 2**53 in size."""
+    fit = abs(values) < math.inf  # false for NaN too
+    if kind == "integer":
+        fit = fit & (values % 1 == 0) & (abs(values) < FLOAT_EXACT)
+    return fit
+
+
+def _number_problem(value: Any, kind: str) -> str:
+    """What is wrong with one value for a number column, "" if nothing (no "got ...")."""
+    name = "an integer" if kind == "integer" else "a number"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be {name}"
+    if isinstance(value, int):  # exact, whatever its size: only the range counts
+        return "" if -INT64 <= value < INT64 else "is out of range of a 64-bit integer"
+    if _fit_floats(value, kind):
+        return ""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if not value.is_integer():
+        return "must be an integer"
+    # beyond 2**53 floats skip integers: the value sent may not be the one meant
+    return "is not an integer a 64-bit integer holds exactly (as a float, within ±2**53)"
+
+
+def _file_value_problem(value: Any, number: Any, kind: str) -> str:
+    """What is wrong with a value of a file's row (``number`` its parse), with the value as the
+    file holds it."""
+    if kind == "string":
+        return f"must be text or null, got {value!r}"
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return f"must be {'an integer' if kind == 'integer' else 'a number'}, got a missing value"
+    problem = _number_problem(value if pd.isna(number) else number, kind)
+    return f"{problem or 'must be a number'}, got {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: its repr, cut after 24 characters."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:24]}..."
 
 
 def value_problem(value: Any, kind: str) -> str:
@@ -163,17 +229,8 @@ def value_problem(value: Any, kind: str) -> str:
             if value is None or isinstance(value, str)
             else f"must be text or null, got {value!r}"
         )
-    name = "an integer" if kind == "integer" else "a number"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"must be {name}, got {value!r}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number, got {value!r}"
-    if kind == "integer" and not float(value).is_integer():
-        return f"must be an integer, got {value!r}"
-    if isinstance(value, int) and not -INT64 <= value < INT64:
-        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:24]}..."
-        return f"is out of range of a 64-bit integer, got {shown}"
-    return ""
+    problem = _number_problem(value, kind)
+    return f"{problem}, got {_shown(value)}" if problem else ""
 
 
 def resolve(release: str | None = None, model: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -235,10 +292,10 @@ def _compiled_path(artifacts: str | None) -> Path | None:
 
 
 def compiled_on_disk(meta: dict[str, Any]) -> bool:
-    """Whether the model ``resolve`` gave this ``meta`` for was compiled before, and so loads
-    from the cache folder in milliseconds."""
+    """Whether the model ``resolve`` gave this ``meta`` for was compiled before (its arrays and
+    their digest are in the cache folder), and so loads in milliseconds."""
     compiled = _compiled_path(meta.get("artifacts"))
-    return compiled is not None and compiled.is_file()
+    return compiled is not None and compiled.is_file() and fast.digest_path(compiled).is_file()
 
 
 def _served(uri: str, meta: dict[str, Any], **loaded: Any) -> ServedModel:
@@ -268,15 +325,21 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
             return _served(uri_pinned, meta, model=None, columns=extra["columns"], scorer=scorer)
     import mlflow
 
+    from reprise.serving import model_trust
+
     tracking.use_defaults()
     try:
-        sk_model = mlflow.sklearn.load_model(uri_pinned)
-        signature = mlflow.models.get_model_info(uri_pinned).signature
+        # the version's own folder when it is on this disk: the files its compiled name digests
+        folder = Path(meta.get("artifacts") or mlflow.artifacts.download_artifacts(uri_pinned))
+        info = mlflow.models.Model.load(str(folder))
     except Exception as err:
         raise RepriseError(
             f"Model {uri_pinned} cannot be loaded: {err}",
             "check the URI (models:/name/version, models:/name@alias, runs:/id/model).",
         ) from None
+    # never mlflow.sklearn.load_model: it trusts the types the model's own MLmodel file lists
+    sk_model = model_trust.load_sklearn(folder, uri_pinned)
+    signature = info.signature
     if signature is None or signature.inputs is None:
         raise RepriseError(f"Model {uri_pinned} has no input signature.", "log it with one.")
     columns = {
@@ -292,9 +355,37 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
     except NotCompilable as why:
         log.warning("model %s: no fast path (%s); scikit-learn's own path serves it", uri, why)
         return _served(uri_pinned, meta, model=sk_model, columns=columns, scorer=None)
+    served = _served(uri_pinned, meta, model=None, columns=columns, scorer=scorer)
+    differs = _differs(served, sk_model, info, folder)
+    if differs:
+        log.warning(
+            "model %s: the compiled scorer differs from scikit-learn (%s); scikit-learn's own "
+            "path serves it",
+            uri,
+            differs,
+        )
+        return _served(uri_pinned, meta, model=sk_model, columns=columns, scorer=None)
+    # kept only once checked: a compiled file whose digest matches is one that agreed
     if compiled is not None and scorer.saveable:
         try:
             scorer.save(compiled, {"columns": columns, "uri": uri_pinned})
         except OSError as err:  # a read-only cache: compile again next time
             log.warning("compiled model not kept at %s (%s)", compiled, err)
-    return _served(uri_pinned, meta, model=None, columns=columns, scorer=scorer)
+    return served
+
+
+def _differs(served: ServedModel, sk_model: Any, info: Any, folder: Path) -> str:
+    """Why the compiled scorer of ``served`` may not stand for ``sk_model`` ("" if it may):
+    both score the model's input example and seeded synthetic rows, typed as requests are."""
+    assert served.scorer is not None
+    try:
+        example = info.load_input_example(str(folder))
+    except Exception as err:  # no example file: the synthetic rows still check the scorer
+        log.debug("model %s: input example not read (%s)", served.uri, err)
+        example = None
+    if not isinstance(example, pd.DataFrame) or not set(served.columns) <= set(example):
+        example = None
+    rows = served.scorer.synthetic_rows(served.columns, example)
+    if example is not None:
+        rows = pd.concat([example[list(served.columns)], rows], ignore_index=True)
+    return served.scorer.disagreement(sk_model, served.typed(rows))
