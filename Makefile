@@ -22,6 +22,12 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 STEPS ?= all
 OVERRIDES ?=
 
+# A value given to make reaches its command as one word, as typed: never shell syntax.
+# $(call quoted,TEXT) single-quotes TEXT for the shell; $(call flag,--name,TEXT) gives nothing when
+# TEXT is empty. OVERRIDES and SERVE_ARGS are split into words by the command, never expanded.
+quoted = '$(subst ','\'',$(1))'
+flag = $(if $(2),$(1) $(call quoted,$(2)))
+
 PART ?=
 VERSION ?=
 DEST ?=
@@ -50,7 +56,7 @@ $(STAMP): $(TOOLS_STAMP) uv.lock pyproject.toml
 setup: $(STAMP) ## Make the pinned environment (.venv) from uv.lock; does nothing when it is current
 
 run: setup ## Run the whole pipeline on the bundled data (STEPS=..., OVERRIDES="key=value ...")
-	$(PY) -m reprise run --steps $(STEPS) $(OVERRIDES)
+	$(PY) -m reprise run --steps $(call quoted,$(STEPS)) --overrides $(call quoted,$(OVERRIDES))
 
 # Two workers for the two cores; each end-to-end file's store is made once, in one worker.
 test: setup ## Run every test, the slow end-to-end ones included
@@ -60,29 +66,30 @@ test-fast: setup ## Run the tests without the slow end-to-end ones
 	$(PY) -m pytest -m "not e2e"
 
 release: setup ## Cut a release: PART=patch|minor|major (runs the pipeline, writes releases/X.Y.Z.yaml, tags)
-	$(PY) -m reprise release --part $(PART)
+	$(PY) -m reprise release $(call flag,--part,$(PART))
 
 verify: setup ## Rerun release VERSION=X.Y.Z and compare every digest and metric with its manifest
-	$(PY) -m reprise verify $(VERSION)
+	$(PY) -m reprise verify $(call flag,,$(VERSION))
 
 restore: setup ## Put release VERSION=X.Y.Z (project and pinned components) in DEST=folder
-	$(PY) -m reprise restore $(VERSION) $(DEST)
+	$(PY) -m reprise restore $(call flag,,$(VERSION)) $(call flag,,$(DEST))
 
 promote: setup ## Alias the model of release VERSION=X.Y.Z "prod" (an older one: a rollback)
-	$(PY) -m reprise promote $(VERSION)
+	$(PY) -m reprise promote $(call flag,,$(VERSION))
 
 releases: setup ## List the releases with their key metrics
 	$(PY) -m reprise releases
 
 release-components: setup ## Cut a release of components-repo/: PART=patch|minor|major
-	$(PY) -m reprise release-components --part $(PART)
+	$(PY) -m reprise release-components $(call flag,--part,$(PART))
 
 publish-components: setup ## Push components-repo/ and its tags as a repository of its own to REMOTE=uri
-	$(PY) -m reprise publish-components $(REMOTE)
+	$(PY) -m reprise publish-components $(call flag,,$(REMOTE))
 
 predict: setup ## Score a file offline: INPUT=in.parquet|csv OUTPUT=out.parquet|csv (RELEASE=, MODEL=, ENGINE=local|spark, ON_ERROR=fail|quarantine, OVERWRITE=1)
-	$(PY) -m reprise predict --input "$(INPUT)" --output "$(OUTPUT)" --engine $(ENGINE) --on-error $(ON_ERROR) \
-	  $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)") \
+	$(PY) -m reprise predict --input $(call quoted,$(INPUT)) --output $(call quoted,$(OUTPUT)) \
+	  $(call flag,--engine,$(ENGINE)) $(call flag,--on-error,$(ON_ERROR)) \
+	  $(call flag,--release,$(RELEASE)) $(call flag,--model,$(MODEL)) \
 	  $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
 # make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
@@ -96,8 +103,9 @@ SERVE_ARGS ?=
 .PHONY: serve
 
 serve: setup ## Serve the prod model over HTTP (RELEASE=X.Y.Z or MODEL=uri, PORT=8000, WORKERS=1, SERVE_ARGS=...)
-	$(PY) -m reprise serve $(if $(RELEASE),--release $(RELEASE)) $(if $(MODEL),--model "$(MODEL)") \
-	  --host $(HOST) --port $(PORT) --workers $(WORKERS) $(SERVE_ARGS)
+	read -r -a more <<< $(call quoted,$(SERVE_ARGS)); \
+	$(PY) -m reprise serve $(call flag,--release,$(RELEASE)) $(call flag,--model,$(MODEL)) \
+	  $(call flag,--host,$(HOST)) $(call flag,--port,$(PORT)) $(call flag,--workers,$(WORKERS)) "$${more[@]}"
 
 lint: setup ## Check style and common mistakes (ruff)
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ from typing import NoReturn
 from reprise import owners
 from reprise.components import redact
 from reprise.errors import RepriseError
+from reprise.project_args import split_options
 
 log = logging.getLogger("reprise")
 # Commands whose pipeline a signal stops, its runs ended KILLED.
@@ -37,7 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from reprise import api, paths, tracking
 
-    overrides = [*args.overrides, *(["main.cache=false"] if args.no_cache else [])]
+    try:
+        given = split_options(args.overrides_text, "OVERRIDES") + args.overrides
+    except RepriseError as err:
+        log.error("bad configuration: %s", err)
+        return 1
+    overrides = [*given, *(["main.cache=false"] if args.no_cache else [])]
     if not {"-m", "--multirun"} & set(overrides):
         return _run_in_process(args.steps, overrides)
     experiment_id = tracking.use_defaults()
@@ -207,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline on the embedded defaults")
     run.add_argument("--steps", default="all", help="comma-separated steps, or all")
     run.add_argument("--no-cache", action="store_true", help="run every step (main.cache=false)")
+    run.add_argument(
+        "--overrides",
+        dest="overrides_text",
+        default="",
+        metavar="TEXT",
+        help="more Hydra overrides in one string, split into words as a shell would but never "
+        "expanded (what make run OVERRIDES= passes)",
+    )
     run.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. etl.sample=sample1.parquet"
     )

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from reprise.errors import RepriseError
 
 
-def split_options(text: str) -> list[str]:
-    """The Hydra arguments in ``hydra_options``, split as a POSIX shell splits words (quotes group,
-    a backslash escapes) but never expanded: no variables, commands or globs."""
+def split_options(text: str, name: str = "hydra_options") -> list[str]:
+    """The Hydra arguments in ``text`` (the setting ``name``), split as a POSIX shell splits words
+    (quotes group, a backslash escapes) but never expanded: no variables, commands or globs."""
     try:
         return shlex.split(text)
     except ValueError as err:
         raise RepriseError(
-            f"hydra_options could not be split into Hydra overrides ({err}): {text[:80]!r}.",
+            f"{name} could not be split into Hydra overrides ({err}): {text[:80]!r}.",
             "close the quote, or escape a literal quote with a backslash.",
         ) from None
 

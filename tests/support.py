@@ -31,6 +31,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Return once ``process`` accepts connections on 127.0.0.1:``port``; kill it and fail the
+    test when it dies or does not listen within SERVER_START_TIMEOUT_S."""
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"{what} did not listen on 127.0.0.1:{port}")
+            time.sleep(0.1)
+
+
 def git(*args: str, cwd: Path | None = None) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60
@@ -67,16 +82,7 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"git daemon did not listen on 127.0.0.1:{port}")
-            time.sleep(0.1)
+    wait_until_listening(port, process, "git daemon")
     try:
         yield GitServer(base, f"git://127.0.0.1:{port}", process.pid)
     finally:
@@ -285,16 +291,7 @@ def git_http_auth_server(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"the git HTTP server did not listen on 127.0.0.1:{port}")
-            time.sleep(0.1)
+    wait_until_listening(port, process, "the git HTTP server")
     try:
         yield GitHttpServer(f"http://127.0.0.1:{port}", user, password, process.pid)
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reprise import owners
-from support import ROOT, ComponentsRemote, Workspace, free_port
+from support import ROOT, ComponentsRemote, Workspace, free_port, wait_until_listening
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
 
@@ -54,14 +53,7 @@ def endless_url() -> Iterator[str]:
         [sys.executable, "-c", ENDLESS_SERVER, str(port)], start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.1)
+        wait_until_listening(port, server, "the endless data server")
         yield f"http://127.0.0.1:{port}/endless.parquet"
     finally:
         os.kill(server.pid, signal.SIGTERM)

@@ -212,3 +212,39 @@ def test_a_sweep_with_a_failed_point_exits_1_after_its_summary(workspace: Worksp
         "Fix: see each failed point's run (tag reprise.error) for its cause; the sweep summary "
         "ranks the points that finished."
     )
+
+
+# make's own variables: each reaches its command as one quoted word (make expands $(x), so a
+# value that should reach the shell as $(...) is written $$(...) on make's command line)
+MAKE_VALUES = ['"; touch {m}; echo "', "'; touch {m}; '", "$$(touch {m}) `touch {m}` | touch {m}"]
+MAKE_CALLS = {
+    "STEPS": ("run", "Unknown step(s)"),
+    "OVERRIDES": ("run", "bad configuration"),
+    "VERSION": ("verify", ""),
+    "INPUT": ("predict", ""),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("variable", MAKE_CALLS)
+def test_make_variables_never_reach_a_shell_as_syntax(
+    variable: str, workspace: Workspace, tmp_path: Path
+) -> None:
+    target, refusal = MAKE_CALLS[variable]
+    for number, template in enumerate(MAKE_VALUES):
+        marker = tmp_path / f"made-{number}"
+        value = template.format(m=marker)
+        if variable == "OVERRIDES":  # a key Hydra refuses, holding the hostile text as its value
+            value = f"no_such_key={shlex.quote(value)}"
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-C", str(ROOT), target, f"{variable}={value}"],
+            env={**workspace.env, "OUTPUT": str(tmp_path / "out.parquet")},
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output[-2000:]
+        assert not marker.exists(), f"{variable}={value!r} ran a command: {output[-2000:]}"
+        assert refusal in output, output[-2000:]
+        assert "Traceback" not in output, output[-2000:]
