@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 import yaml
 
-from reprise import manifest, paths, tracking, versioning
+from reprise import manifest, owners, paths, tracking, versioning
 from reprise.cli import write_line
 from reprise.components import checkout, redact, require_release_pin, split_subdirectory
 from reprise.errors import RepriseError
@@ -106,9 +106,10 @@ def observe(run_id: str) -> dict[str, Any]:
         if registered := tags.get("reprise.output.registered_model"):
             name, version = registered.removeprefix("models:/").rsplit("/", 1)
             model = {"name": name, "version": int(version), "uri": registered}
-    config = yaml.safe_load(
-        Path(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp())).read_text()
-    )
+    with tempfile.TemporaryDirectory(prefix="reprise-observe-") as folder:
+        config = yaml.safe_load(
+            Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
+        )
     return {
         "components": components,
         "config": config,
@@ -199,7 +200,7 @@ def rerun(version: str) -> str:
     """Rerun release ``version`` from a clean clone of this repository at its tag."""
     root = paths.ROOT
     record = manifest.load(version, root)
-    workdir = Path(tempfile.mkdtemp(prefix=f"reprise-rerun-{version}-"))
+    workdir = owners.make_scratch()  # owned: after a kill -9, doctor removes it
     try:
         clone = workdir / "repo"
         versioning.git(root, "clone", "--quiet", "--no-checkout", str(root), str(clone))

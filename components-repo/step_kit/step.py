@@ -53,7 +53,8 @@ def wandb_mode() -> str:
 class Step:
     """Context of one component run. Use as ``with Step("name", params) as step: ...``.
 
-    A StepError inside the block ends the run FAILED with a one-line message and exit code 1.
+    A StepError inside the block ends the run FAILED with a one-line message and exit code 1; an
+    interrupt (Ctrl-C) ends it KILLED with one line and exit code 130.
     """
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
@@ -81,7 +82,12 @@ class Step:
         tb: TracebackType | None,
     ) -> bool:
         failed = exc_type is not None
-        if isinstance(exc, StepError):
+        # Ctrl-C in a terminal reaches the step too (same process group): one line, run KILLED
+        stopped = isinstance(exc, KeyboardInterrupt)
+        if stopped:
+            log.error("step %s stopped by an interrupt (Ctrl-C); its run ends KILLED", self.name)
+            mlflow.set_tag(ERROR_TAG, "stopped by an interrupt")
+        elif isinstance(exc, StepError):
             log.error("step %s failed: %s", self.name, exc)
             mlflow.set_tag(ERROR_TAG, str(exc)[:5000])
         elif failed and not isinstance(exc, SystemExit):
@@ -91,8 +97,10 @@ class Step:
             mlflow.set_tag(ERROR_TAG, f"unexpected {type(exc).__name__}: {exc}"[:5000])
         if self._wandb is not None:
             self._wandb.finish(exit_code=1 if failed else 0)
-        mlflow.end_run("FAILED" if failed else "FINISHED")
+        mlflow.end_run("KILLED" if stopped else "FAILED" if failed else "FINISHED")
         self._tmp.cleanup()
+        if stopped:
+            sys.exit(130)  # the shell's code for SIGINT; no stack trace
         if isinstance(exc, StepError):
             sys.exit(1)  # the message above is the whole story; no stack trace
         return False

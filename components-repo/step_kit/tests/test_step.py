@@ -1,0 +1,43 @@
+"""The Step context in a real process against a real MLflow store."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+COMPONENTS = Path(__file__).resolve().parents[2]
+INTERRUPTED = """
+import os, signal, time
+from step_kit import Step
+with Step("probe", {}) as step:
+    print(step.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C in a terminal sends the whole group
+    time.sleep(30)
+"""
+
+
+def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": str(COMPONENTS),
+    }
+    env.pop("MLFLOW_RUN_ID", None)
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "step probe stopped by an interrupt (Ctrl-C); its run ends KILLED" in result.stderr
+    run_id = result.stdout.split()[0]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "KILLED"
