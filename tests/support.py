@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,3 +298,19 @@ def git_http_auth_server(
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
+
+
+def sweep_and_points(workspace: Workspace) -> tuple[Any, list[Any]]:
+    """(the one sweep run of the workspace's experiment, its point runs)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    experiment = client.get_experiment_by_name("reprise-test")
+    (sweep,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`reprise.sweep` = 'true'"
+    )
+    points = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'",
+    )
+    return sweep, points

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from support import Workspace, run_reprise, workspace_env
+from support import Workspace, run_reprise, sweep_and_points, workspace_env
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("evaluation")]
@@ -168,14 +168,7 @@ def test_a_sweep_names_the_best_point_by_validation(prepared: Workspace) -> None
     assert result.returncode == 1, output[-4000:]
     assert "1 of 2 sweep points failed: point-0" in output, output[-4000:]
     client = client_of(prepared)
-    experiment = client.get_experiment_by_name("reprise-test")
-    (sweep,) = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`reprise.sweep` = 'true'"
-    )
-    points = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'",
-    )
+    sweep, points = sweep_and_points(prepared)
     assert len(points) == 2
     best = max(points, key=lambda p: p.data.metrics.get("val.roc_auc", 0))
     assert sweep.data.tags["reprise.sweep.best_run"] == best.info.run_id

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from reprise.project_args import hydra_arguments, quote_value, split_options, steps_override
 from step_kit.cli import parse_args
-from support import ROOT, Workspace, run_reprise
+from support import ROOT, Workspace, run_reprise, sweep_and_points
 
 MLPROJECT_DIRS = [
     ROOT / "project",
@@ -186,14 +186,7 @@ def test_a_sweep_with_a_failed_point_exits_1_after_its_summary(workspace: Worksp
     )
     assert result.returncode == 1, (result.stdout + result.stderr)[-4000:]
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
-    experiment = client.get_experiment_by_name("reprise-test")
-    (sweep,) = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.`reprise.sweep` = 'true'"
-    )
-    points = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'",
-    )
+    sweep, points = sweep_and_points(workspace)
     status = {p.data.tags["reprise.sweep.point"]: p.info.status for p in points}
     assert status == {
         "etl.sample=sample1.parquet etl.reference=null main.steps='get_data'": "FINISHED",
