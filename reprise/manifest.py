@@ -40,7 +40,25 @@ def dump(manifest: dict[str, Any], path: Path) -> None:
     committed and pushed, and a rerun takes credentials from git (helper, GIT_ASKPASS, netrc)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = without_credentials(manifest)
-    path.write_text(yaml.safe_dump(clean, sort_keys=False, width=100))
+    path.write_text(yaml.dump(clean, Dumper=_PlainDumper, sort_keys=False, width=100))
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Plain YAML for people to read: a value met twice is written twice, never as an anchor
+    (``&id001``) and an alias (``*id001``)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def tracking_record(uri: str) -> str:
+    """The tracking store as a manifest records it: a server's URI without credentials; for a store
+    on the cutting machine's disk (sqlite, a folder) only its kind, as its path means nothing
+    on another machine."""
+    scheme = uri.partition("://")[0] if "://" in uri else "file"
+    if scheme in ("http", "https"):
+        return str(without_credentials(uri))
+    return f"{scheme} store of the machine that cut the release"
 
 
 def _git(root: Path, *args: str) -> str | None:

@@ -118,7 +118,7 @@ def observe(run_id: str) -> dict[str, Any]:
         "environments": environments,
         "metrics": dict(sorted(metrics.items())),
         "mlflow": {
-            "tracking_uri": redact(mlflow.get_tracking_uri()),
+            "tracking_uri": manifest.tracking_record(mlflow.get_tracking_uri()),
             "experiment_id": parent.info.experiment_id,
             "run_id": run_id,
             "model": model,

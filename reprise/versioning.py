@@ -38,7 +38,8 @@ def require_clean(repo: Path) -> None:
     """Refuse uncommitted changes and untracked files: a release must be a commit."""
     dirty = git(repo, "status", "--porcelain", "--untracked-files=all")
     if dirty:
-        files = ", ".join(line[3:] for line in dirty.splitlines()[:5])
+        # "XY path" per line; git() strips the output, so the first line may have lost X's space
+        files = ", ".join(line.split(maxsplit=1)[-1] for line in dirty.splitlines()[:5])
         raise RepriseError(
             f"The work tree has uncommitted changes ({files}).",
             "commit or stash them; a release is cut from a commit and nothing else.",
