@@ -59,10 +59,10 @@ run: setup ## Run the whole pipeline on the bundled data (STEPS=..., OVERRIDES="
 	$(PY) -m reprise run --steps $(call quoted,$(STEPS)) --overrides $(call quoted,$(OVERRIDES))
 
 # Two workers for the two cores; each end-to-end file's store is made once, in one worker.
-test: setup ## Run every test, the slow end-to-end ones included
+test: lint ## Run the lint, then every test, the slow end-to-end ones included
 	$(PY) -m pytest -n 2 --dist loadgroup
 
-test-fast: setup ## Run the tests without the slow end-to-end ones
+test-fast: lint ## Run the lint, then the tests without the slow end-to-end ones
 	$(PY) -m pytest -m "not e2e"
 
 release: setup ## Cut a release: PART=patch|minor|major (runs the pipeline, writes releases/X.Y.Z.yaml, tags)
