@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,18 +131,22 @@ def _is_repository_key(key: str) -> bool:
     )
 
 
-def refuse_credentials(settings: dict[str, Any]) -> None:
-    """Refuse a URI with credentials in any setting but the components' repositories (which git
-    fetches and which are recorded stripped): a step gets its settings as parameters, which
-    MLflow and W&B record in clear."""
-    leaked = [(k, v) for k, v in find_credentials(settings) if not _is_repository_key(k)]
+def refuse_credentials(
+    settings: dict[str, Any],
+    what: str = "Setting",
+    consequence: str = ": its step would get it as a parameter, which MLflow and W&B record "
+    "in clear",
+    fix: str = "take them out of the URI: download the file and name its local path, or serve "
+    "it where it needs none.",
+    allowed: Callable[[str], bool] = _is_repository_key,
+) -> None:
+    """Refuse a URI with credentials in any of ``settings`` but the ``allowed`` keys (by default
+    the components' repositories, which git fetches and which are recorded stripped)."""
+    leaked = [(k, v) for k, v in find_credentials(settings) if not allowed(k)]
     if leaked:
         key, value = leaked[0]
         raise RepriseError(
-            f"Setting {key} holds a URI with credentials ({scrub(value)[:200]}): its "
-            "step would get it as a parameter, which MLflow and W&B record in clear.",
-            "take them out of the URI: download the file and name its local path, or serve it "
-            "where it needs none.",
+            f"{what} {key} holds a URI with credentials ({scrub(value)[:200]}){consequence}.", fix
         )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reprise import owners, paths
-from reprise.components import find_credentials, has_credentials, redact, scrub
+from reprise.components import has_credentials, redact, refuse_credentials, scrub
 from reprise.errors import RepriseError
 
 # MLflow is imported where it is used: a second or more of start-up that some commands skip.
@@ -72,14 +72,13 @@ def run_project(uri: str, **kwargs: Any) -> Any:
     run for downloads of 'path' parameters and never removes it) and refuses credentials in a
     parameter, which MLflow would record."""
     # MLflow records every parameter in clear before the project runs: refuse credentials first.
-    leaked = find_credentials({k: str(v) for k, v in (kwargs.get("parameters") or {}).items()})
-    if leaked:
-        key, value = leaked[0]
-        raise RepriseError(
-            f"Parameter {key} holds a URI with credentials ({scrub(value)[:200]}), which MLflow "
-            "would record in clear.",
-            CREDENTIALS_FIX,
-        )
+    refuse_credentials(
+        {k: str(v) for k, v in (kwargs.get("parameters") or {}).items()},
+        what="Parameter",
+        consequence=", which MLflow would record in clear",
+        fix=CREDENTIALS_FIX,
+        allowed=lambda key: False,
+    )
     import mlflow.projects
 
     # in a pipeline's own scratch folder when there is one (TMPDIR): a killed run's goes with it

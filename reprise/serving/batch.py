@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from reprise import owners
 from reprise.errors import RepriseError
 
 if TYPE_CHECKING:  # imported when used: it brings MLflow, seconds of import
@@ -313,7 +314,7 @@ def _remove_stale_temps(target: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in target.parent.iterdir():
             found = pattern.fullmatch(entry.name)
-            if not found or _alive(int(found.group(1))):
+            if not found or not _dead(int(found.group(1))):
                 continue
             with contextlib.suppress(OSError):
                 size = entry.stat().st_size
@@ -324,17 +325,9 @@ def _remove_stale_temps(target: Path) -> None:
                 log.info("removed %s, left by a run that died (%d bytes)", entry, size)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process of this id runs on this machine."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (or no such pid)
-        return True
-    return True
+def _dead(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is surely gone (a run's owner by the same rule)."""
+    return pid != os.getpid() and owners.can_tell() and owners.process_start(pid) is None
 
 
 # --- reading --------------------------------------------------------------------------------------
