@@ -32,6 +32,7 @@ PART ?=
 VERSION ?=
 DEST ?=
 REMOTE ?=
+ORIGIN ?=
 # make predict (RELEASE and MODEL as for make serve)
 INPUT ?=
 OUTPUT ?=
@@ -77,8 +78,8 @@ restore: setup ## Put release VERSION=X.Y.Z (project and pinned components) in D
 promote: setup ## Alias the model of release VERSION=X.Y.Z "prod" (an older one: a rollback)
 	$(PY) -m reprise promote $(call flag,,$(VERSION))
 
-releases: setup ## List the releases with their key metrics
-	$(PY) -m reprise releases
+releases: setup ## List the release tags with their key metrics (ORIGIN=1: the origin's too)
+	$(PY) -m reprise releases $(if $(filter 1 yes true,$(ORIGIN)),--remote)
 
 release-components: setup ## Cut a release of components-repo/: PART=patch|minor|major
 	$(PY) -m reprise release-components $(call flag,--part,$(PART))

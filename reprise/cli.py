@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -59,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_name="pipeline",
         )
     except ExecutionException as err:
-        if run_id := _run_id_in(str(err)):
+        if run_id := tracking.failed_run_id(str(err)):
             _print_summary(run_id)  # the points that ran, then the line that names the failed ones
         log.error("%s", _failure_line(str(err)))
         return 1
@@ -84,19 +83,11 @@ def _run_in_process(steps: str, overrides: list[str]) -> int:
 
 def _failure_line(message: str) -> str:
     """The pipeline run's recorded cause (tag reprise.error), else a pointer to the log."""
-    from mlflow.tracking import MlflowClient
+    from reprise import tracking
 
-    run_id = _run_id_in(message)
-    cause = MlflowClient().get_run(run_id).data.tags.get("reprise.error") if run_id else None
-    if cause:
+    if cause := tracking.recorded_cause(message):
         return f"pipeline failed: {cause}"
     return f"pipeline failed ({message.splitlines()[0]}); the cause is the error above."
-
-
-def _run_id_in(message: str) -> str:
-    """The run id in MLflow's "Run (ID '...') failed", else empty."""
-    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", message)
-    return match.group(1) if match else ""
 
 
 def _print_summary(parent_id: str) -> None:
@@ -245,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(handler=lambda a: _call("reprise.release", "promote", a.version))
 
     releases = sub.add_parser("releases", help="list the releases and their key metrics")
-    releases.set_defaults(handler=lambda a: _call("reprise.release", "list_releases"))
+    releases.add_argument(
+        "--remote", action="store_true", help="also list the origin's release tags (fetched)"
+    )
+    releases.set_defaults(handler=lambda a: _call("reprise.release", "list_releases", a.remote))
 
     crel = sub.add_parser("release-components", help="cut a release of components-repo/")
     crel.add_argument("--part", required=True, choices=["patch", "minor", "major"])
@@ -365,7 +359,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _call(module: str, function: str, *args: str) -> int:
+def _call(module: str, function: str, *args: object) -> int:
     """Import the command's module only when it runs (mlflow alone takes seconds to import)."""
     import importlib
 

@@ -20,6 +20,7 @@ from reprise import cache, manifest, owners, paths, sweep, tracking
 from reprise.components import (
     ComponentSpec,
     ResolvedComponent,
+    redact,
     refuse_credentials,
     resolve,
     resolve_pinned,
@@ -238,7 +239,10 @@ def _test_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
         **out.params("test", "train_val_test_split", "test_data"),
         "schema": _json(cfg.data),
         "evaluation": _json(cfg.evaluation),
-        "registered_model_name": cfg.main.registered_model_name or "",
+        # a verify reruns with main.register=false: it leaves the registry as it found it
+        "registered_model_name": (cfg.main.registered_model_name or "")
+        if cfg.main.get("register", True)
+        else "",
     }
 
 
@@ -250,6 +254,52 @@ PARAMS: dict[str, ParamBuilder] = {
     "train_model": _train_model,
     "test_model": _test_model,
 }
+
+
+# Settings of how a run is made, not of what it makes: a release rerun takes them from its command
+# line. Every other setting, and the steps, come from the release's manifest.
+RUN_MODE_KEYS = ("main.release", "main.cache", "main.register", "main.wandb")
+
+
+def release_config(cfg: DictConfig, release: dict[str, Any]) -> DictConfig:
+    """The config of a rerun of ``release``: its manifest's, with this run's run-mode settings.
+    Other steps or settings than the release's are refused, naming them, never dropped."""
+    given = _flatten(without_credentials(OmegaConf.to_container(cfg, resolve=True)))
+    recorded = _flatten(release["config"])
+    changed = sorted(
+        key
+        for key in given.keys() | recorded.keys()
+        if not _is_run_mode(key) and given.get(key) != recorded.get(key)
+    )
+    if changed:
+        version = release["version"]
+        shown = ", ".join(f"{k}={given.get(k, '(absent)')}" for k in changed[:5])
+        raise RepriseError(
+            f"This checkout is release {version}, which reruns exactly as releases/{version}.yaml "
+            f"records it, so it takes no other steps or settings (given: {shown}"
+            f"{', ...' if len(changed) > 5 else ''}).",
+            "to rerun the release, run without steps and overrides; to experiment on this "
+            "checkout, add main.release=off (make run OVERRIDES='main.release=off ...').",
+        )
+    merged = OmegaConf.create(release["config"])
+    for key in RUN_MODE_KEYS:
+        if (value := OmegaConf.select(cfg, key)) is not None:
+            OmegaConf.update(merged, key, value, force_add=True)
+    return merged
+
+
+def _is_run_mode(key: str) -> bool:
+    return any(key == mode or key.startswith(f"{mode}.") for mode in RUN_MODE_KEYS)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for every leaf of nested mappings."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix[:-1]: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= _flatten(value, f"{prefix}{key}.")
+    return flat
 
 
 def check_tracking_uri() -> None:
@@ -299,19 +349,21 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
     check_tracking_uri()
     client = MlflowClient()
     results: list[StepResult] = []
+    release = manifest.current_release() if cfg.main.release == "auto" else None
+    if release is not None:
+        # before any run starts: other steps or settings are refused, not silently dropped
+        cfg = release_config(cfg, release)
     # the steps' temporary files go in a folder this process owns, removed when it is gone
     with sweep.pipeline_run(cfg, run_name) as parent, owners.scratch_for_children():
         mlflow.set_tags(owners.this_process().tags())
         if source:  # run in process (not by `mlflow run`): say where it came from
             mlflow.set_tag("mlflow.source.name", source)
         try:
-            release = manifest.current_release() if cfg.main.release == "auto" else None
             # a rerun of a release is there to reproduce it: every step runs
             use_cache = bool(cfg.main.cache) and release is None
             if release is not None:
                 # A rerun of a release: its config and its components at their recorded commits.
                 log.info("rerunning release %s as its manifest pins it", release["version"])
-                cfg = OmegaConf.create(release["config"])
                 steps = list(STEPS)
                 components = {
                     s: resolve_pinned(
@@ -339,6 +391,9 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
             settings = without_credentials(OmegaConf.to_container(cfg, resolve=True))
             mlflow.log_text(OmegaConf.to_yaml(settings), "config.yaml")
             configure_child_environment(cfg, parent.info.run_id)
+            experiment = client.get_experiment(parent.info.experiment_id).name
+            store = redact(mlflow.get_tracking_uri())
+            log.info("%s", paths.where_runs_go(store, experiment, os.environ["WANDB_MODE"]))
             outputs = Outputs(parent.info.experiment_id, client)
             for step in steps:
                 outputs.requested.clear()

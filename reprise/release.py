@@ -42,8 +42,10 @@ def compose_config(root: Path) -> Any:
         return compose(config_name="config")
 
 
-def _run_pipeline(project_dir: Path) -> str:
-    """Run the pipeline project in this environment; the pipeline run's id, or a RepriseError."""
+def _run_pipeline(project_dir: Path, options: str, failed: str, again: str) -> str:
+    """Run the whole pipeline project in this environment with Hydra ``options``; the pipeline
+    run's id. A failure is one RepriseError: the recorded cause, what ``failed`` means for the
+    command, and the cause's fix followed by ``again``."""
     from mlflow.projects import ExecutionException
 
     experiment_id = tracking.use_defaults()
@@ -52,20 +54,16 @@ def _run_pipeline(project_dir: Path) -> str:
         submitted = tracking.run_project(
             str(project_dir),
             entry_point="main",
-            # a release proves the whole pipeline runs: nothing is taken from the step cache
-            parameters={"steps": "all", "hydra_options": "main.cache=false"},
+            parameters={"steps": "all", "hydra_options": options},
             experiment_id=experiment_id,
             env_manager="local",
             run_name="pipeline",
         )
     except ExecutionException as err:
-        from mlflow.tracking import MlflowClient
-
-        run_id = str(err).split("'")[1] if "'" in str(err) else ""
-        cause = MlflowClient().get_run(run_id).data.tags.get("reprise.error") if run_id else None
+        cause, _, fix = (tracking.recorded_cause(str(err)) or str(err)).partition(" Fix: ")
         raise RepriseError(
-            f"The pipeline failed, so nothing was released: {cause or err}",
-            "fix the cause and release again; the tree, the CHANGELOG and the tags are unchanged.",
+            f"The pipeline failed, {failed}: {cause.rstrip('. ')}.",
+            f"{fix.rstrip('. ')}; then {again}" if fix else again,
         ) from None
     return submitted.run_id
 
@@ -134,6 +132,7 @@ def cut(part: str) -> None:
     config_file = root / manifest.BUMPVERSION_CFG
     versioning.require_clean(root)
     versioning.require_unreleased_entries(root / "CHANGELOG.md")
+    versioning.require_current_lock(root)
     version = versioning.next_version(config_file, part)
     tag = versioning.tag_name(config_file, version)
     if versioning.git(root, "tag", "--list", tag):
@@ -145,15 +144,19 @@ def cut(part: str) -> None:
         require_release_pin(spec)
     commit = versioning.git(root, "rev-parse", "HEAD")
     log.info("release %s: running the pipeline at commit %s and its pins", version, commit[:12])
-    run_id = _run_pipeline(paths.PROJECT_DIR)
+    run_id = _run_pipeline(
+        paths.PROJECT_DIR,
+        # a release proves the whole pipeline runs: nothing is taken from the step cache
+        "main.cache=false",
+        "so nothing was released",
+        "release again (the tree, the CHANGELOG and the tags are unchanged).",
+    )
     observed = observe(run_id)
     if not observed["mlflow"]["model"]:
         raise RepriseError(
             "The pipeline registered no model (main.registered_model_name is empty).",
             "name the registered model in project/config/config.yaml.",
         )
-    lock = root / "uv.lock"
-    observed["environments"]["project"] = {"uv.lock sha256": _sha256(lock)}
     record = {
         "version": version,
         "date": dt.date.today().isoformat(),
@@ -169,12 +172,15 @@ def cut(part: str) -> None:
     }
     path = manifest.manifest_path(version, root)
     with versioning.atomic(root, tag):
-        manifest.dump(record, path)
         versioning.date_changelog(root / "CHANGELOG.md", version, dt.date.today())
-        versioning.bump(config_file, part)
+        # every file .bumpversion.cfg names, uv.lock included: the tag's lock stays consistent
+        bumped = versioning.bump(config_file, part)
+        versioning.require_current_lock(root)
+        record["environments"]["project"] = {"uv.lock sha256": _sha256(root / "uv.lock")}
+        manifest.dump(record, path)
         release_commit = versioning.commit_and_tag(
             root,
-            [str(path.relative_to(root)), "CHANGELOG.md", ".bumpversion.cfg", "pyproject.toml"],
+            [str(path.relative_to(root)), "CHANGELOG.md", manifest.BUMPVERSION_CFG, *bumped],
             version,
             tag,
             f"Release {version}",
@@ -197,17 +203,27 @@ def _has_origin(root: Path) -> bool:
 
 
 def rerun(version: str) -> str:
-    """Rerun release ``version`` from a clean clone of this repository at its tag."""
+    """Rerun release ``version`` from a clean clone of this repository at its tag, registering
+    nothing: the registry is left as it was found."""
     root = paths.ROOT
-    record = manifest.load(version, root)
     workdir = owners.make_scratch()  # owned: after a kill -9, doctor removes it
     try:
         clone = workdir / "repo"
         versioning.git(root, "clone", "--quiet", "--no-checkout", str(root), str(clone))
-        versioning.git(clone, "checkout", "--quiet", "--detach", record["version"])
-        return _run_pipeline(clone / "project")
+        versioning.git(clone, "checkout", "--quiet", "--detach", manifest.release_tag(version))
+        return _run_pipeline(
+            clone / "project",
+            "main.cache=false ++main.register=false",
+            f"so release {version} was not verified",
+            "verify again (the rerun registered no model and moved no alias).",
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# Scores of the model that was prod when a run ran: a fact of that store at that time, not of the
+# release, so a verify shows them but does not compare them.
+UNCOMPARED_METRICS = ("test.prod.",)
 
 
 def compare(record: dict[str, Any], observed: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
@@ -221,19 +237,23 @@ def compare(record: dict[str, Any], observed: dict[str, Any]) -> list[tuple[str,
             got = observed["outputs"].get(name, {}).get(kind, "")
             rows.append((f"{kind} {name}", expected, got, expected == got))
     for name, expected in record["metrics"].items():
-        got = observed["metrics"].get(name)
-        rows.append((f"metric {name}", repr(expected), repr(got), expected == got))
+        if not name.startswith(UNCOMPARED_METRICS):
+            got = observed["metrics"].get(name)
+            rows.append((f"metric {name}", repr(expected), repr(got), expected == got))
     return rows
 
 
 def verify(version: str, run_id: str = "") -> int:
     """Rerun release ``version`` (or take pipeline run ``run_id``) and compare it with the
-    manifest, digest by digest and metric by metric; 1 on any difference."""
+    manifest, digest by digest and metric by metric; 1 on any difference. The rerun registers
+    no model and moves no alias."""
     record = manifest.load(version)
     started = time.monotonic()
+    tracking.use_defaults()
     if run_id:
-        tracking.use_defaults()
+        registry = None
     else:
+        registry = _registry_state(record["mlflow"]["model"].get("name", ""))
         run_id = rerun(version)
     rows = compare(record, observe(run_id))
     width = max(len(r[0]) for r in rows)
@@ -246,6 +266,15 @@ def verify(version: str, run_id: str = "") -> int:
         write_line(f"{what:<{width}}  {'yes' if same else 'NO':<4}  {shown[:100]}")
     different = [r for r in rows if not r[3]]
     write_line(f"{len(rows) - len(different)} of {len(rows)} identical.")
+    if registry is not None:
+        name = record["mlflow"]["model"].get("name", "")
+        if _registry_state(name) == registry:
+            write_line(
+                f"The registry is as it was: the rerun registered no model and moved no alias "
+                f"of {name}."
+            )
+        else:  # the tag's own orchestrator predates main.register: say what it did
+            log.warning("the rerun of release %s changed model %s in the registry", version, name)
     if different:
         log.error(
             "release %s is not reproduced: %d of %d differ (%s)",
@@ -256,6 +285,20 @@ def verify(version: str, run_id: str = "") -> int:
         )
         return 1
     return 0
+
+
+def _registry_state(name: str) -> tuple[list[str], dict[str, str]]:
+    """The versions of registered model ``name`` and its aliases (empty when it is not there)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        aliases = dict(client.get_registered_model(name).aliases or {})
+    except MlflowException:
+        return [], {}
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{name}'"))
+    return versions, aliases
 
 
 def restore(version: str, dest: str) -> None:
@@ -269,7 +312,9 @@ def restore(version: str, dest: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     project = target / "project-repo"
     versioning.git(root, "clone", "--quiet", str(root), str(project))
-    versioning.git(project, "checkout", "--quiet", "-B", f"release-{version}", record["version"])
+    versioning.git(
+        project, "checkout", "--quiet", "-B", f"release-{version}", manifest.release_tag(version)
+    )
     lines = [f"# Release {version}", "", f"- project: `project-repo/` at tag {version}"]
     seen: dict[tuple[str, str], Path] = {}
     for step, pin in record["components"].items():
@@ -284,26 +329,17 @@ def restore(version: str, dest: str) -> None:
 
 
 def promote(version: str) -> None:
-    """Alias the model version of release ``version`` prod; promoting an older one rolls back."""
-    from mlflow.exceptions import MlflowException
+    """Alias the model version of release ``version`` prod; promoting an older one rolls back.
+    The version aliased must come from the release (manifest.registered_version)."""
     from mlflow.tracking import MlflowClient
 
-    model = manifest.load(version)["mlflow"]["model"]
+    record = manifest.load(version)
+    model = record["mlflow"]["model"]
     tracking.use_defaults()
     client = MlflowClient()
-    try:
-        client.get_model_version(model["name"], str(model["version"]))
-    except MlflowException:
-        raise RepriseError(
-            f"Model {model['name']} version {model['version']} of release {version} is not in "
-            f"the tracking store {redact(mlflow.get_tracking_uri())}.",
-            "set MLFLOW_TRACKING_URI to the store the release was cut with, or rerun it there "
-            "(make verify) and promote that model version.",
-        ) from None
-    client.set_registered_model_alias(model["name"], PROD_ALIAS, str(model["version"]))
-    log.info(
-        "%s@%s is now version %s (release %s)", model["name"], PROD_ALIAS, model["version"], version
-    )
+    chosen = manifest.registered_version(client, record)
+    client.set_registered_model_alias(model["name"], PROD_ALIAS, chosen)
+    log.info("%s@%s is now version %s (release %s)", model["name"], PROD_ALIAS, chosen, version)
     _compile_for_serving(version)
 
 
@@ -322,33 +358,49 @@ def _compile_for_serving(version: str) -> None:
         log.info("model of release %s compiled for serving (trees as arrays)", version)
 
 
-def list_releases() -> None:
-    """One line per release: version, date, key metrics, model version, and which is prod."""
-    files = sorted((paths.ROOT / "releases").glob("*.yaml"), key=lambda p: _semver(p.stem))
-    if not files:
+def list_releases(remote: bool = False) -> None:
+    """One line per release tag the repository knows (with ``remote``, the origin's too), each
+    read from its tag: version, date, key metrics, model version, which is prod, and where."""
+    root = paths.ROOT
+    local = manifest.known_releases(root)
+    origin = {}
+    if remote:
+        manifest.fetch_origin_tags(root)
+        origin = manifest.known_releases(root, manifest.ORIGIN_TAGS)
+    versions = sorted(local.keys() | origin.keys(), key=manifest.semver)
+    if not versions:
         write_line("No releases yet: make release PART=major")
         return
     prod = _prod_versions()
+    where_column = f"  {'where':<14}" if remote else ""
     write_line(
-        f"{'version':<9} {'date':<10} {'test ROC AUC':>12} {'test F1':>8} {'model':>16}  prod"
+        f"{'version':<9} {'date':<10} {'test ROC AUC':>12} {'test F1':>8} {'model':>16}  "
+        f"{'prod':<4}{where_column}"
     )
-    for path in files:
-        record = yaml.safe_load(path.read_text())
+    for version in versions:
+        record = manifest.read_manifest(local.get(version) or origin[version], version, root)
         metrics, model = record.get("metrics", {}), record["mlflow"]["model"]
         is_prod = prod.get(model["name"]) == str(model["version"])
+        where = f"  {_where(root, local.get(version), origin.get(version)):<14}" if remote else ""
         write_line(
             f"{record['version']:<9} {record['date']:<10} "
             f"{metrics.get('test.roc_auc', float('nan')):>12.4f} "
             f"{metrics.get('test.f1', float('nan')):>8.4f} "
-            f"{model['name'] + ' v' + str(model['version']):>16}  {'yes' if is_prod else ''}"
+            f"{model['name'] + ' v' + str(model['version']):>16}  {'yes' if is_prod else '':<4}"
+            f"{where}".rstrip()
         )
+    if origin.keys() - local.keys():
+        write_line("A release on origin only is fetched when named: make verify VERSION=X.Y.Z")
 
 
-def _semver(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split("."))
-    except ValueError:
-        return (0,)
+def _where(root: Path, local: str | None, origin: str | None) -> str:
+    """local, origin, both, or "MOVED on origin" when the two tags name different commits."""
+    if not (local and origin):
+        return "local" if local else "origin"
+    here, there = (
+        versioning.git(root, "rev-parse", f"{ref}^{{commit}}") for ref in (local, origin)
+    )
+    return "local, origin" if here == there else "MOVED on origin"
 
 
 def _prod_versions() -> dict[str, str]:

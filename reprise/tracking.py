@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -107,3 +108,18 @@ def refuse_credentials_in_arguments(args: Sequence[str]) -> None:
         f"record in clear{recorded}.",
         CREDENTIALS_FIX,
     )
+
+
+def failed_run_id(message: str) -> str:
+    """The run id in MLflow's "Run (ID '...') failed" (an ExecutionException), else empty."""
+    match = re.search(r"Run \(ID '([0-9a-f]+)'\)", message)
+    return match.group(1) if match else ""
+
+
+def recorded_cause(message: str) -> str:
+    """The cause a failed pipeline run recorded (tag reprise.error), found from MLflow's failure
+    message; empty when there is none."""
+    from mlflow.tracking import MlflowClient
+
+    run_id = failed_run_id(message)
+    return (MlflowClient().get_run(run_id).data.tags.get("reprise.error") or "") if run_id else ""

@@ -73,10 +73,43 @@ def next_version(config_file: Path, part: str) -> str:
     )
 
 
-def bump(config_file: Path, part: str) -> None:
-    """Rewrite the version in every file .bumpversion.cfg names (no commit, no tag)."""
+def bump(config_file: Path, part: str) -> list[str]:
+    """Rewrite the version in every file .bumpversion.cfg names (no commit, no tag); those
+    files, relative to the config's folder."""
     # the CHANGELOG and the manifest are already changed: this is one step of a larger commit
     _bump_my_version(config_file, "bump", part, "--no-commit", "--no-tag", "--allow-dirty")
+    return bumped_files(config_file)
+
+
+def bumped_files(config_file: Path) -> list[str]:
+    """The files a .bumpversion.cfg rewrites (its ``[bumpversion:file:NAME]`` sections)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config_file)
+    return [
+        s.removeprefix("bumpversion:file:") for s in parser if s.startswith("bumpversion:file:")
+    ]
+
+
+def require_current_lock(repo: Path) -> None:
+    """Refuse a uv.lock that does not match pyproject.toml (`uv lock --check`, offline): a tag
+    whose lock is stale cannot be installed with `uv sync --frozen`."""
+    if not (repo / "uv.lock").is_file():
+        return
+    uv = Path(sys.executable).parent / "uv"
+    result = subprocess.run(
+        [str(uv) if uv.is_file() else "uv", "lock", "--check", "--offline"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise RepriseError(
+            f"uv.lock does not match pyproject.toml ({said[-1] if said else 'uv lock --check'}).",
+            "run make lock and commit uv.lock; for the version, name uv.lock in .bumpversion.cfg "
+            "([bumpversion:file:uv.lock]) so that each bump rewrites it.",
+        )
 
 
 def _bump_my_version(config_file: Path, *args: str) -> str:

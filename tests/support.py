@@ -314,3 +314,27 @@ def sweep_and_points(workspace: Workspace) -> tuple[Any, list[Any]]:
         filter_string=f"tags.`mlflow.parentRunId` = '{sweep.info.run_id}'",
     )
     return sweep, points
+
+
+def copy_work_tree(dest: Path) -> None:
+    """This repository's work tree as it is (uncommitted changes included) in ``dest``, as a new
+    git repository of one commit: what a push of the current code would serve."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if not source.is_symlink() and not source.exists():
+            continue  # deleted in the work tree, not yet in the index
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+    git("init", "-q", "-b", "main", cwd=dest)
+    git("config", "user.email", "test@reprise.invalid", cwd=dest)
+    git("config", "user.name", "Reprise tests", cwd=dest)
+    git("add", "-A", cwd=dest)
+    git("commit", "-q", "-m", "The work tree", cwd=dest)

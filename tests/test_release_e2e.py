@@ -39,12 +39,14 @@ class Project:
     url: str
     workspace: Workspace
 
-    def reprise(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    def reprise(
+        self, *args: str, timeout: int = 900, workspace: Workspace | None = None
+    ) -> subprocess.CompletedProcess:
         """``python -m reprise ARGS`` in the clone: the clone's own reprise package runs."""
         return subprocess.run(
             [sys.executable, "-m", "reprise", *args],
             cwd=self.work,
-            env=self.workspace.env,
+            env=(workspace or self.workspace).env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -105,10 +107,19 @@ def project(
 
 @pytest.fixture(scope="module")
 def released(project: Project, components_remote: ComponentsRemote) -> Project:
-    """Release 1.0.0 (components 0.1.0), then 1.1.0 (components 0.2.0), both pushed."""
+    """Release 1.0.0 (components 0.1.0, a decision tree), then 1.1.0 (components 0.2.0, a
+    random forest on two threads, whose predictions must still digest the same at each rerun),
+    both pushed."""
     first = project.reprise("release", "--part", "major")
     assert first.returncode == 0, output_of(first)[-4000:]
     project.set_config("config.yaml", pin("0.2.0"))
+    project.set_config(
+        "config.yaml",
+        lambda config: config["defaults"].__setitem__(
+            config["defaults"].index({"model": "decision_tree"}), {"model": "random_forest"}
+        ),
+    )
+    project.set_config("model/random_forest.yaml", lambda model: model.update(n_jobs=2))
     changelog = project.work / "CHANGELOG.md"
     changelog.write_text(
         changelog.read_text().replace(
@@ -156,37 +167,148 @@ def test_a_release_freezes_everything(released: Project, components_remote: Comp
     assert f"## [1.0.0] - {today}" in changelog
     assert 'version = "1.1.0"' in (work / "pyproject.toml").read_text()
     assert "current_version = 1.1.0" in (work / ".bumpversion.cfg").read_text()
+    # the tag's lock is consistent: uv sync --frozen installs the tag as it is
+    assert 'name = "reprise"\nversion = "1.1.0"' in (work / "uv.lock").read_text()
+    lock_check = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "uv"), "lock", "--check", "--offline"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert lock_check.returncode == 0, lock_check.stderr
     listing = released.reprise("releases")
     assert listing.returncode == 0
     assert "1.0.0" in listing.stdout and "1.1.0" in listing.stdout
 
 
-def test_rerun_from_an_empty_folder_reproduces_the_release(
+def test_releases_are_read_from_tags_here_and_on_origin(released: Project, tmp_path: Path):
+    """Every release tag is a release, whatever is checked out; with --remote the origin's too,
+    and a release only the origin has is fetched when a command names it."""
+    old = tmp_path / "old"
+    git("clone", "-q", released.url, str(old))
+    git("checkout", "-q", "1.0.0", cwd=old)  # its tree holds only releases/1.0.0.yaml
+    assert not (old / "releases" / "1.1.0.yaml").exists()
+    listing = subprocess.run(
+        [sys.executable, "-m", "reprise", "releases"],
+        cwd=old,
+        env=released.workspace.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert listing.returncode == 0, output_of(listing)[-3000:]
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == ["1.0.0", "1.1.0"]
+
+    bare = tmp_path / "no-tags"
+    git("clone", "-q", "--no-tags", "-b", "main", released.url, str(bare))
+    assert not git("tag", "--list", cwd=bare)
+
+    def reprise(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "reprise", *args],
+            cwd=bare,
+            env=released.workspace.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert "No releases yet" in reprise("releases").stdout
+    remote = reprise("releases", "--remote")
+    assert remote.returncode == 0, output_of(remote)[-3000:]
+    rows = {line.split()[0]: line for line in remote.stdout.splitlines()[1:3]}
+    assert set(rows) == {"1.0.0", "1.1.0"} and all(r.endswith("origin") for r in rows.values())
+    assert not git("tag", "--list", cwd=bare)  # listing the origin's tags changes no local tag
+    restored = reprise("restore", "1.1.0", str(tmp_path / "restored"))
+    assert restored.returncode == 0, output_of(restored)[-3000:]
+    assert "tag 1.1.0 fetched from origin" in output_of(restored)
+    assert (tmp_path / "restored" / "project-repo" / "releases" / "1.1.0.yaml").is_file()
+    unknown = reprise("verify", "9.9.9")
+    assert unknown.returncode == 1
+    assert "There is no release 9.9.9" in unknown.stderr and "1.1.0" in unknown.stderr
+
+
+def test_rerun_in_another_store_reproduces_the_release_and_promotes_its_own_model(
     released: Project, components_remote: ComponentsRemote, tmp_path: Path
 ) -> None:
+    """A fresh machine's store, where version 1 of the model is another model: promote refuses
+    it, naming both; after a rerun from an empty folder, the rerun's version is promoted."""
+    store = Workspace(tmp_path, workspace_env(tmp_path))
+    client = MlflowClient(tracking_uri=store.tracking_uri)
+    other = client.create_run(client.create_experiment("elsewhere"))
+    client.create_registered_model("adult_income")
+    client.create_model_version(
+        "adult_income", f"runs:/{other.info.run_id}/model", run_id=other.info.run_id
+    )
+    refused = released.reprise("promote", "1.0.0", workspace=store)
+    assert refused.returncode == 1
+    assert "No version of model adult_income in the tracking store" in refused.stderr
+    assert f"version 1 here is the model of run {other.info.run_id}" in refused.stderr
+    assert "comes from release 1.0.0" in refused.stderr
+    assert client.get_registered_model("adult_income").aliases == {}
+
     empty = tmp_path / "empty"
     empty.mkdir()
     result = mlflow_run(
-        released.workspace.env,
-        empty,
-        f"{released.url}#project",
-        "1.0.0",
-        experiment="reprise-test",
+        store.env, empty, f"{released.url}#project", "1.0.0", experiment="reprise-test"
     )
     assert result.returncode == 0, output_of(result)[-4000:]
-    rerun, children = latest_steps(released.workspace, "tags.`reprise.release` = '1.0.0'")
+    rerun, children = latest_steps(store, "tags.`reprise.release` = '1.0.0'")
     # the release's components, not the 0.2.0 that the project's config says today
     assert {c.data.tags["reprise.test.marker"] for c in children.values()} == {"old"}
-    verify = released.reprise("verify", "1.0.0", "--run", rerun.info.run_id)
+    verify = released.reprise("verify", "1.0.0", "--run", rerun.info.run_id, workspace=store)
     assert verify.returncode == 0, output_of(verify)[-4000:]
     assert " 0 of " not in verify.stdout and "identical." in verify.stdout
     assert "NO" not in verify.stdout.split("identical.")[0].split("expected -> actual")[1]
 
+    promoted = released.reprise("promote", "1.0.0", workspace=store)
+    assert promoted.returncode == 0, output_of(promoted)[-4000:]
+    assert "its model is version 2 of adult_income in this store" in promoted.stderr
+    prod = client.get_model_version_by_alias("adult_income", "prod")
+    assert str(prod.version) == "2"
+    assert client.get_run(prod.run_id).data.tags["mlflow.parentRunId"] == rerun.info.run_id
 
-def test_make_verify_reruns_and_compares(released: Project) -> None:
+
+def test_make_verify_reruns_and_compares_and_leaves_the_registry(released: Project) -> None:
+    """1.1.0 is a forest scored on two threads: its digests still agree."""
+    client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
+
+    def registry() -> tuple[list[str], dict[str, str]]:
+        versions = client.search_model_versions("name = 'adult_income'")
+        return sorted(v.version for v in versions), client.get_registered_model(
+            "adult_income"
+        ).aliases
+
+    before = registry()
     result = released.reprise("verify", "1.1.0")
     assert result.returncode == 0, output_of(result)[-4000:]
-    assert "identical." in result.stdout
+    assert "identical." in result.stdout and "NO " not in result.stdout
+    assert "The registry is as it was: the rerun registered no model" in result.stdout
+    assert registry() == before
+
+
+@pytest.mark.parametrize(
+    ("steps", "overrides", "given"),
+    [
+        ("get_data", "", "main.steps=get_data"),
+        ("all", "model.max_depth=6", "model.max_depth=6"),
+        ("get_data", "model.max_depth=6", "main.steps=get_data"),
+    ],
+)
+def test_a_release_checkout_refuses_other_steps_and_settings(
+    released: Project, steps: str, overrides: str, given: str
+) -> None:
+    client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
+    runs_before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    result = released.reprise("run", "--steps", steps, "--overrides", overrides)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "This checkout is release 1.1.0" in errors[0] and given in errors[0]
+    assert "main.release=off" in errors[0]
+    after = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    assert after == runs_before  # refused before any run started
 
 
 def test_restore_puts_the_release_and_its_components_in_a_folder(
@@ -301,6 +423,13 @@ def test_a_moved_component_tag_is_refused(
         output = output_of(result)
         assert f"Tag '0.1.0' of {components_remote.url} now points to {new}" in output
         assert f"this release was cut with {old}" in output
+        verify = released.reprise("verify", "1.0.0")
+        assert verify.returncode == 1
+        (said,) = [line for line in verify.stderr.splitlines() if "ERROR reprise: " in line]
+        assert "The pipeline failed, so release 1.0.0 was not verified" in said
+        assert f"this release was cut with {old}" in said
+        assert "then verify again" in said
+        assert "nothing was released" not in said and said.count("Fix:") == 1, said
     finally:
         git("tag", "-f", "0.1.0", old, cwd=bare)
 
@@ -308,7 +437,7 @@ def test_a_moved_component_tag_is_refused(
 def test_bumpversion_cfg_also_works_with_bump2version(tmp_path: Path) -> None:
     """The same .bumpversion.cfg drives bump2version 1.0.1 (installed apart in .tools/)."""
     tool = ROOT / ".tools" / "bin" / "bump2version"
-    for name in (".bumpversion.cfg", "pyproject.toml"):
+    for name in (".bumpversion.cfg", "pyproject.toml", "uv.lock"):
         (tmp_path / name).write_text((ROOT / name).read_text())
     current = yaml.safe_load(
         (ROOT / ".bumpversion.cfg")
@@ -328,3 +457,4 @@ def test_bumpversion_cfg_also_works_with_bump2version(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f'version = "{major}.0.0"' in (tmp_path / "pyproject.toml").read_text()
     assert f"current_version = {major}.0.0" in (tmp_path / ".bumpversion.cfg").read_text()
+    assert f'name = "reprise"\nversion = "{major}.0.0"' in (tmp_path / "uv.lock").read_text()

@@ -11,6 +11,7 @@ from step_kit import Schema, Step, StepError, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.findings import listing as findings_listing
 from step_kit.metrics import evaluate
+from step_kit.scoring import Predictions, fixed_order, predictions
 from step_kit.tables import array_digest
 
 HERE = Path(__file__).resolve().parent
@@ -51,27 +52,27 @@ def main() -> None:
         model = load_model(args.model)
         features, target = schema.xy(test)
 
-        def score(candidate, prefix: str) -> tuple[dict[str, float], object]:
-            proba = candidate.predict_proba(features)[:, 1]
-            labels = candidate.predict(features)
-            # at_half: the estimator's own labels, before the decision threshold
-            half = getattr(candidate, "estimator", candidate).predict(features)
-            return evaluate(target, proba, labels, half, beta, ks, prefix), proba
+        def score(candidate, prefix: str) -> tuple[dict[str, float], Predictions]:
+            # in the fixed order: the same bits on any thread count, so a rerun can verify them
+            scored = predictions(candidate, features)
+            proba, labels, at_half = scored
+            return evaluate(target, proba, labels, at_half, beta, ks, prefix), scored
 
-        metrics, proba = score(model, "test")
+        metrics, scored = score(model, "test")
         # what the model does, bit for bit: a release is verified by this, not by its files
         step.record_output(
             "predictions",
             args.model,
-            content_digest=array_digest(proba, model.predict(features)),
+            content_digest=array_digest(scored.proba, scored.labels),
         )
-        probas = {"model": proba}
+        probas = {"model": scored.proba}
         if args.baselines:
             folder = step.input_file(args.baselines)
             for path in sorted(folder.glob("*.skops")):
-                baseline_scores, probas[path.stem] = score(
+                baseline_scores, baseline_scored = score(
                     persist.load(path), f"test.baseline.{path.stem}"
                 )
+                probas[path.stem] = baseline_scored.proba
                 metrics |= baseline_scores
         prod = prod_model(args.registered_model_name, rules["prod_alias"])
         prod_metrics = score(prod, "test")[0] if prod is not None else None
@@ -82,28 +83,29 @@ def main() -> None:
         labels = ["<=50K", ">50K"] if schema.positive_class == ">50K" else ["negative", "positive"]
         step.log_figure(plots.roc_pr_curves(target, probas, "test"), "test_roc_pr.png")
         step.log_figure(
-            plots.confusion_matrix_plot(target, model.predict(features), labels, "test"),
+            plots.confusion_matrix_plot(target, scored.labels, labels, "test"),
             "test_confusion_matrix.png",
         )
         step.log_figure(plots.calibration_plot(target, probas), "test_calibration.png")
 
         inv = behaviour["invariance"]
-        findings = [
-            invariance(
-                model,
-                features,
-                inv["column"],
-                inv["relative_jitter"],
-                inv["max_flip_share"],
-                inv["seed"],
-            ),
-            *(
-                directional(model, features, d["column"], d["delta"], d["expect"])
-                for d in behaviour["directional"]
-            ),
-            *cases(model, schema, behaviour["cases"]),
-            *gate(metrics, rules, prod_metrics),
-        ]
+        with fixed_order(model):  # the report is recorded too: the same on any thread count
+            findings = [
+                invariance(
+                    model,
+                    features,
+                    inv["column"],
+                    inv["relative_jitter"],
+                    inv["max_flip_share"],
+                    inv["seed"],
+                ),
+                *(
+                    directional(model, features, d["column"], d["delta"], d["expect"])
+                    for d in behaviour["directional"]
+                ),
+                *cases(model, schema, behaviour["cases"]),
+                *gate(metrics, rules, prod_metrics),
+            ]
         step.log_report("test_report", [f.as_dict() for f in findings])
         step.log_metrics({"gate.failed": sum(not f.passed for f in findings)})
         failed = [f for f in findings if not f.passed]

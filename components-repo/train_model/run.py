@@ -10,6 +10,7 @@ from mlflow.models import infer_signature
 from step_kit import Schema, Step, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.metrics import evaluate
+from step_kit.scoring import predictions
 from training import (
     BASELINES,
     choose_threshold,
@@ -50,20 +51,26 @@ def main() -> None:
         )
         final = with_threshold(model, choice.threshold)
         mlflow.log_params({"threshold.strategy": threshold_cfg["strategy"]})
-        proba = final.predict_proba(features)[:, 1]
+        scored = predictions(final, features)
         scores = evaluate(
-            target, proba, final.predict(features), model.predict(features), beta, ks, "val"
+            target, scored.proba, scored.labels, scored.labels_at_half, beta, ks, "val"
         )
         scores["threshold"] = choice.threshold
-        probas = {args.model_name: proba}
+        probas = {args.model_name: scored.proba}
         baseline_dir = step.workdir / "baselines"
         baseline_dir.mkdir()
         for name, params in BASELINES.items():
             baseline = fit(train, schema, name, params)
-            probas[name] = baseline.predict_proba(features)[:, 1]
-            labels = baseline.predict(features)
+            baseline_scored = predictions(baseline, features)
+            probas[name] = baseline_scored.proba
             scores |= evaluate(
-                target, probas[name], labels, labels, beta, ks, f"val.baseline.{name}"
+                target,
+                baseline_scored.proba,
+                baseline_scored.labels,
+                baseline_scored.labels,
+                beta,
+                ks,
+                f"val.baseline.{name}",
             )
             persist.save(baseline, baseline_dir / f"{name}.skops")
         step.log_metrics(scores)
@@ -73,7 +80,7 @@ def main() -> None:
         step.log_figure(
             plots.confusion_matrix_plot(
                 target,
-                final.predict(features),
+                scored.labels,
                 labels,
                 f"validation, threshold {choice.threshold:.3f}",
             ),

@@ -28,6 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from step_kit import Schema, StepError
+from step_kit.scoring import fixed_fit_threads, fixed_order
 
 # The estimators a config group `model` can name; the baselines beside every run.
 ESTIMATORS: dict[str, type] = {
@@ -97,9 +98,12 @@ def build_pipeline(schema: Schema, model_name: str, hyperparameters: dict[str, A
 def fit(
     train: pd.DataFrame, schema: Schema, model_name: str, hyperparameters: dict[str, Any]
 ) -> Pipeline:
-    """Build the pipeline and fit it on the train table."""
+    """Build the pipeline and fit it on the train table, the same model whatever the thread count
+    (the configured n_jobs is kept: a forest seeds each tree, so its jobs' order does not matter)."""
     features, target = schema.xy(train)
-    return build_pipeline(schema, model_name, hyperparameters).fit(features, target)
+    pipeline = build_pipeline(schema, model_name, hyperparameters)
+    with fixed_fit_threads():
+        return pipeline.fit(features, target)
 
 
 @dataclass(frozen=True)
@@ -145,18 +149,20 @@ def choose_threshold(
             f"set evaluation.threshold.strategy to one of {', '.join(THRESHOLD_STRATEGIES)}.",
         )
     scoring, metric = scorers[strategy]
-    proba = model.predict_proba(features)[:, 1]
-    candidates = np.unique(proba)
-    if len(candidates) > MAX_THRESHOLDS:
-        candidates = np.unique(np.quantile(proba, np.linspace(0, 1, MAX_THRESHOLDS)))
-    tuned = TunedThresholdClassifierCV(
-        model,
-        scoring=scoring,
-        thresholds=candidates,
-        cv="prefit",
-        refit=False,
-        store_cv_results=True,
-    ).fit(features, target)
+    # scored in the fixed order: a last-bit change of one probability can move the threshold
+    with fixed_order(model):
+        proba = model.predict_proba(features)[:, 1]
+        candidates = np.unique(proba)
+        if len(candidates) > MAX_THRESHOLDS:
+            candidates = np.unique(np.quantile(proba, np.linspace(0, 1, MAX_THRESHOLDS)))
+        tuned = TunedThresholdClassifierCV(
+            model,
+            scoring=scoring,
+            thresholds=candidates,
+            cv="prefit",
+            refit=False,
+            store_cv_results=True,
+        ).fit(features, target)
     if strategy == "recall_at_precision" and tuned.best_score_ < 0:
         precision, _, edges = precision_recall_curve(target, proba)
         best = int(np.argmax(precision[:-1]))
@@ -188,7 +194,8 @@ def feature_importances(
     if hasattr(estimator, "feature_importances_"):
         names = list(model.named_steps["preprocess"].get_feature_names_out())
         return names, np.asarray(estimator.feature_importances_), "impurity"
-    result = permutation_importance(
-        model, features, target, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
-    )
+    with fixed_order(model):
+        result = permutation_importance(
+            model, features, target, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
+        )
     return list(features.columns), result.importances_mean, "permutation (ROC AUC drop)"

@@ -238,8 +238,14 @@ def resolve(release: str | None = None, model: str | None = None) -> tuple[str, 
     (models:/name@alias, models:/name/version, runs:/...), or by default name@prod. A registered
     version whose files are on this disk also gets ``artifacts``, their folder."""
     if release:
+        from mlflow.tracking import MlflowClient
+
         record = manifest.load(release)
         entry = record["mlflow"]["model"]
+        # the version of this store that is the release's model: in another store the
+        # manifest's number may be another model
+        tracking.use_defaults()
+        entry = {**entry, "version": manifest.registered_version(MlflowClient(), record)}
         meta = {
             "name": entry["name"],
             "version": str(entry["version"]),
