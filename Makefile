@@ -33,6 +33,7 @@ VERSION ?=
 DEST ?=
 REMOTE ?=
 ORIGIN ?=
+MERMAID ?=
 # make predict (RELEASE and MODEL as for make serve)
 INPUT ?=
 OUTPUT ?=
@@ -123,6 +124,10 @@ lock: $(TOOLS_STAMP) ## Re-resolve uv.lock and every requirements.txt after a ch
 	  (cd $$dir && $(CURDIR)/$(UV) pip compile -q requirements.in -c $(CURDIR)/$(TOOLS)/constraints.txt \
 	    -o requirements.txt --python-version 3.11 --no-header --no-annotate) || exit 1; \
 	done
+
+.PHONY: graph
+graph: setup ## Print the pipeline the project declares (MERMAID=1: as a Mermaid flowchart)
+	$(PY) -m reprise graph $(if $(filter 1 yes true,$(MERMAID)),--mermaid)
 
 .PHONY: doctor
 doctor: setup ## End runs left RUNNING by a process that is gone, remove their temporary folders; list what changed

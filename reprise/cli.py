@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = serve.add_mutually_exclusive_group()
     which.add_argument("--release", default="", help="X.Y.Z: serve this release's model")
     which.add_argument(
-        "--model", default="", help="a model URI (default models:/adult_income@prod)"
+        "--model", default="", help="a model URI (default: the project's registered model @prod)"
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, help="a .parquet or .csv file to write")
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--release", help="score with release X.Y.Z's model")
-    which.add_argument("--model", help="a model URI (default models:/adult_income@prod)")
+    which.add_argument(
+        "--model", help="a model URI (default: the project's registered model @prod)"
+    )
     predict.add_argument(
         "--id-column", help="the input's id column (default: id, else row numbers)"
     )
@@ -336,7 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="end runs whose process is gone, remove their temporary folders"
     )
     doctor.set_defaults(handler=cmd_doctor)
+
+    graph = sub.add_parser("graph", help="print the pipeline the project declares")
+    graph.add_argument("--mermaid", action="store_true", help="as a Mermaid flowchart for docs")
+    graph.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. pipeline=other (a pipeline of its own)"
+    )
+    graph.set_defaults(handler=cmd_graph)
     return parser
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print the declared pipeline: each step, what it takes and makes (or a Mermaid chart)."""
+    from reprise import graph
+
+    pipeline = graph.declared(graph.project_config(overrides=args.overrides))
+    write_line(graph.as_mermaid(pipeline) if args.mermaid else graph.as_text(pipeline))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -345,10 +345,17 @@ def require_release_pin(spec: ComponentSpec) -> str:
 
 
 def resolve_pinned(
-    name: str, repository: str, tag: str, sha: str, env_manager: str, cache: Path
+    name: str,
+    repository: str,
+    tag: str,
+    sha: str,
+    env_manager: str,
+    cache: Path,
+    component: str = "",
 ) -> ResolvedComponent:
-    """The component a release manifest pins, at exactly its recorded commit. A tag that has
-    moved since the release is refused, naming both commits."""
+    """The component (folder ``component``, else ``name``) a release manifest pins for step
+    ``name``, at exactly its recorded commit. A tag that has moved since the release is refused,
+    naming both commits."""
     base, subdir = split_subdirectory(repository)
     now = list_remote_refs(base).get(f"refs/tags/{tag}")
     if now is None:
@@ -363,8 +370,9 @@ def resolve_pinned(
             f"put the tag back on {sha}; a published tag must never move.",
         )
     work_tree = checkout(base, tag, sha, cache / "checkouts" / sha)
-    spec = ComponentSpec(name, repository, tag, env_manager)
-    return _found(spec, strip_credentials(base), tag, sha, work_tree / subdir / name, False)
+    folder = component or name
+    spec = ComponentSpec(folder, repository, tag, env_manager)
+    return _found(spec, strip_credentials(base), tag, sha, work_tree / subdir / folder, False)
 
 
 def _found(

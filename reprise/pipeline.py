@@ -3,11 +3,9 @@ passed from step to step."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +14,7 @@ from mlflow.projects import ExecutionException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import cache, manifest, owners, paths, sweep, tracking
+from reprise import cache, graph, manifest, owners, paths, sweep, tracking
 from reprise.components import (
     ComponentSpec,
     ResolvedComponent,
@@ -30,14 +28,6 @@ from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
 
-STEPS = (
-    "get_data",
-    "basic_cleaning",
-    "data_check",
-    "train_val_test_split",
-    "train_model",
-    "test_model",
-)
 ENV_MANAGERS = ("auto", "local", "uv", "virtualenv")
 # Tags a component sets on its run for each output (see step_kit/step.py).
 OUTPUT_TAG = "reprise.output.{name}"
@@ -51,30 +41,18 @@ class StepFailed(RepriseError):
     """A step of the pipeline failed (as opposed to the pipeline's own configuration)."""
 
 
-def select_steps(spec: str) -> list[str]:
-    """``all`` or a comma-separated list of step names, in pipeline order."""
-    wanted = [s.strip() for s in str(spec).split(",") if s.strip()]
-    if not wanted or wanted == ["all"]:
-        return list(STEPS)
-    unknown = [s for s in wanted if s not in STEPS]
-    if unknown:
-        raise RepriseError(
-            f"Unknown step(s) {', '.join(unknown)}.",
-            f"choose from: all, {', '.join(STEPS)} (comma-separated).",
-        )
-    return [s for s in STEPS if s in wanted]
-
-
-def component_specs(cfg: DictConfig, steps: list[str]) -> dict[str, ComponentSpec]:
-    """Repository, version and environment manager of each step: the shared values, except where
-    ``components.overrides.<step>`` sets its own (null inherits)."""
+def component_specs(
+    cfg: DictConfig, pipeline: graph.Pipeline, steps: list[str]
+) -> dict[str, ComponentSpec]:
+    """Repository, version and environment manager of each step's component: the shared values,
+    except where ``components.overrides.<step>`` sets its own (null inherits)."""
     shared = cfg.components
     overrides = shared.get("overrides") or {}
-    unknown = sorted(set(overrides) - set(STEPS))
+    unknown = sorted(set(overrides) - set(pipeline.names))
     if unknown:
         raise RepriseError(
-            f"components.overrides names unknown step(s) {unknown}.",
-            f"override only {', '.join(STEPS)}.",
+            f"components.overrides names step(s) {unknown} that the pipeline does not declare.",
+            f"override only {', '.join(pipeline.names)}.",
         )
     specs = {}
     for step in steps:
@@ -87,7 +65,7 @@ def component_specs(cfg: DictConfig, steps: list[str]) -> dict[str, ComponentSpe
                 f"use one of {', '.join(ENV_MANAGERS)}.",
             )
         specs[step] = ComponentSpec(
-            name=step,
+            name=pipeline.steps[step].component,
             repository=str(own.get("repository", shared.repository)),
             version=None if version is None else str(version),
             env_manager=env_manager,
@@ -106,13 +84,11 @@ class Outputs:
     # what identifies each output's content: its content digest, else its sha256, else the
     # cache key of the run that made it (a model)
     digests: dict[str, dict[str, str]] = field(default_factory=dict)
-    # the (step, output) pairs asked for since the last clear: one step's inputs
-    requested: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, step: str, run_id: str) -> None:
         tags = self.client.get_run(run_id).data.tags
         self.produced[step] = _outputs_from_tags(tags)
-        self.produced[step]["_run_id"] = (run_id, "")
+        self.produced[step][RUN_ID] = (run_id, "")
         self.digests[step] = {
             name: tags.get(OUTPUT_CONTENT_TAG.format(name=name))
             or sha
@@ -120,32 +96,37 @@ class Outputs:
             for name, (_, sha) in self.produced[step].items()
         }
 
-    def inputs(self) -> tuple[dict[str, str], set[str]]:
-        """Digests of the outputs asked for since the last clear, and their URIs and sha256s."""
-        digests = {f"{s}.{n}": self.digests.get(s, {}).get(n, "") for s, n in self.requested}
-        references = {v for s, n in self.requested for v in self.produced[s].get(n, ()) if v}
-        return digests, references
+    def of(self, step: graph.Step) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+        """What ``step`` takes from the others: its input parameters, the digests of those
+        inputs and of the runs it follows (its cache key's inputs), and the URIs among them."""
+        params: dict[str, Any] = {}
+        digests: dict[str, str] = {}
+        references: set[str] = set()
+        for given in step.inputs:
+            uri, sha = self._get(given.step, given.output, given.optional)
+            params |= given.parameters(uri, sha)
+            digests[given.reference] = self.digests.get(given.step, {}).get(given.output, "")
+            references |= {v for v in (uri, sha) if v}
+        for other in step.after:  # followed, not read: the run's identity is its cache key
+            self._get(other, RUN_ID)
+            digests[f"{other}.{RUN_ID}"] = self.digests[other][RUN_ID]
+        return params, digests, references
 
-    def get(self, step: str, name: str, optional: bool = False) -> tuple[str, str]:
+    def _get(self, step: str, name: str, optional: bool = False) -> tuple[str, str]:
         if step not in self.produced:
-            self._load_latest(step)
-        self.requested.append((step, name))
+            self.load_latest(step)
         found = self.produced[step].get(name)
         if found is None:
             if optional:
                 return "", ""
             raise RepriseError(
-                f"Step {step} (run {self.produced[step]['_run_id'][0]}) has no output '{name}'.",
+                f"Step {step} (run {self.produced[step][RUN_ID][0]}) has no output '{name}'.",
                 f"run {step} again with the current components.",
             )
         return found
 
-    def params(self, prefix: str, step: str, name: str, optional: bool = False) -> dict[str, str]:
-        """``{prefix}_artifact`` and ``{prefix}_sha256`` parameters for output ``name`` of step."""
-        uri, sha = self.get(step, name, optional)
-        return {f"{prefix}_artifact": uri, f"{prefix}_sha256": sha}
-
-    def _load_latest(self, step: str) -> None:
+    def load_latest(self, step: str) -> None:
+        """The outputs of ``step``'s latest finished run in the experiment."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
@@ -162,6 +143,10 @@ class Outputs:
         self.add(step, runs[0].info.run_id)
 
 
+# The pseudo-output naming the run that made a step's outputs.
+RUN_ID = "_run_id"
+
+
 def _outputs_from_tags(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
     prefix = OUTPUT_TAG.format(name="")
     outputs = {}
@@ -172,88 +157,18 @@ def _outputs_from_tags(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
     return outputs
 
 
-def _json(node: Any) -> str:
-    return json.dumps(OmegaConf.to_container(node, resolve=True), sort_keys=True)
-
-
-# Each step's parameters: only its own slice of the config, plus the outputs it consumes.
-ParamBuilder = Callable[[DictConfig, Outputs], dict[str, Any]]
-
-
-def _get_data(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {
-        "sample": cfg.etl.sample,
-        "reference": cfg.etl.reference or "",
-        "timeout": cfg.etl.timeout,
-    }
-
-
-def _basic_cleaning(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {
-        **out.params("input", "get_data", "raw_data"),
-        "schema": _json(cfg.data),
-        "missing_token": cfg.etl.missing_token,
-        "ranges": _json(cfg.etl.ranges),
-    }
-
-
-def _data_check(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {
-        **out.params("input", "basic_cleaning", "clean_data"),
-        **out.params("reference", "get_data", "reference_data", optional=True),
-        "schema": _json(cfg.data),
-        "checks": _json(cfg.data_check),
-        "missing_token": cfg.etl.missing_token,
-    }
-
-
-def _split(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    out.get("data_check", "data_check_report")  # a split only follows a passed data check
-    return {
-        **out.params("input", "basic_cleaning", "clean_data"),
-        "target": cfg.data.target,
-        "val_size": cfg.split.val_size,
-        "test_size": cfg.split.test_size,
-        "random_seed": cfg.split.random_seed,
-    }
-
-
-def _train_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {
-        **out.params("train", "train_val_test_split", "train_data"),
-        **out.params("val", "train_val_test_split", "val_data"),
-        "schema": _json(cfg.data),
-        "model_name": cfg.model.name,
-        "hyperparameters": json.dumps(
-            {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"},
-            sort_keys=True,
-        ),
-        "evaluation": _json(cfg.evaluation),
-    }
-
-
-def _test_model(cfg: DictConfig, out: Outputs) -> dict[str, Any]:
-    return {
-        "model": out.get("train_model", "model")[0],
-        "baselines": out.get("train_model", "baselines", optional=True)[0],
-        **out.params("test", "train_val_test_split", "test_data"),
-        "schema": _json(cfg.data),
-        "evaluation": _json(cfg.evaluation),
-        # a verify reruns with main.register=false: it leaves the registry as it found it
-        "registered_model_name": (cfg.main.registered_model_name or "")
-        if cfg.main.get("register", True)
-        else "",
-    }
-
-
-PARAMS: dict[str, ParamBuilder] = {
-    "get_data": _get_data,
-    "basic_cleaning": _basic_cleaning,
-    "data_check": _data_check,
-    "train_val_test_split": _split,
-    "train_model": _train_model,
-    "test_model": _test_model,
-}
+def step_parameters(
+    cfg: DictConfig, pipeline: graph.Pipeline, step: graph.Step, outputs: Outputs
+) -> tuple[dict[str, Any], dict[str, str], set[str]]:
+    """A step's parameters (declared values, then its inputs; the model-registering step also
+    gets the registered model's name, empty when main.register is false), the digests of its
+    inputs, and which parameter values are references to artifacts."""
+    params, digests, references = outputs.of(step)
+    params = {**step.parameter_values(), **params}
+    if step.name == pipeline.registered_by:
+        name = (cfg.main.registered_model_name or "") if cfg.main.get("register", True) else ""
+        params[graph.REGISTERED_MODEL_PARAMETER] = name
+    return params, digests, references
 
 
 # Settings of how a run is made, not of what it makes: a release rerun takes them from its command
@@ -361,10 +276,11 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
         try:
             # a rerun of a release is there to reproduce it: every step runs
             use_cache = bool(cfg.main.cache) and release is None
+            pipeline = graph.declared(cfg)
             if release is not None:
                 # A rerun of a release: its config and its components at their recorded commits.
                 log.info("rerunning release %s as its manifest pins it", release["version"])
-                steps = list(STEPS)
+                steps = pipeline.names
                 components = {
                     s: resolve_pinned(
                         s,
@@ -373,20 +289,27 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                         pin["sha"],
                         pin["env_manager"],
                         paths.cache_dir(),
+                        pin.get("component", s),
                     )
                     for s, pin in release["components"].items()
                 }
                 mlflow.set_tag("reprise.release", release["version"])
             else:
                 refuse_credentials(OmegaConf.to_container(cfg, resolve=True))
-                steps = select_steps(cfg.main.steps)
-                specs = component_specs(cfg, steps)
+                steps = pipeline.select(cfg.main.steps)
+                specs = component_specs(cfg, pipeline, steps)
                 # Resolve every component before any step runs: a bad tag fails in seconds.
                 # Each repository is listed once: its steps agree on what a tag means.
                 refs: dict[str, dict[str, str]] = {}
                 components = {
                     s: resolve(specs[s], paths.ROOT, paths.cache_dir(), refs) for s in steps
                 }
+            for s in steps:  # a missing or unknown parameter fails now, not after an hour
+                graph.check_parameters(
+                    pipeline.steps[s],
+                    components[s].path / "MLproject",
+                    pipeline.steps[s].parameter_names(s == pipeline.registered_by),
+                )
             mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
             settings = without_credentials(OmegaConf.to_container(cfg, resolve=True))
             mlflow.log_text(OmegaConf.to_yaml(settings), "config.yaml")
@@ -395,21 +318,25 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
             store = redact(mlflow.get_tracking_uri())
             log.info("%s", paths.where_runs_go(store, experiment, os.environ["WANDB_MODE"]))
             outputs = Outputs(parent.info.experiment_id, client)
-            for step in steps:
-                outputs.requested.clear()
-                params = PARAMS[step](cfg, outputs)
-                key = cache.step_key(step, components[step], params, *outputs.inputs())
-                result = _cached_or_run(
-                    step, components[step], params, key, use_cache, parent, client
-                )
-                results.append(result)
-                if result.status != "FINISHED":
+            for other in pipeline.needed_from_earlier_runs(steps):
+                outputs.load_latest(other)  # before any step runs: a missing one fails now
+            jobs = max(1, int(cfg.main.get("jobs", 1) or 1))
+            for wave in pipeline.waves(steps) if jobs > 1 else [[s] for s in steps]:
+                planned = [
+                    _plan(cfg, pipeline, pipeline.steps[s], components[s], outputs) for s in wave
+                ]
+                for result in _run_wave(planned, use_cache, parent, client, jobs):
+                    results.append(result)
+                    if result.status == "FINISHED":
+                        outputs.add(result.step, result.run_id)
+                        _copy_headline(client, result.run_id)
+                failed = [r for r in results if r.status != "FINISHED"]
+                if failed:
+                    first = failed[0]
                     raise StepFailed(
-                        f"Step {step} failed (MLflow run {result.run_id}); no later step ran. "
-                        f"Its cause: {result.error or 'see the step log above.'}"
+                        f"Step {first.step} failed (MLflow run {first.run_id}); no later step ran. "
+                        f"Its cause: {first.error or 'see the step log above.'}"
                     )
-                outputs.add(step, result.run_id)
-                _copy_headline(client, result.run_id)
         except RepriseError as err:
             mlflow.set_tag(ERROR_TAG, str(err)[:5000])
             raise
@@ -423,78 +350,126 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
     return results
 
 
-def _cached_or_run(
-    step: str,
+@dataclass
+class Planned:
+    """A step ready to run: its component, parameters and cache key."""
+
+    step: graph.Step
+    component: ResolvedComponent
+    params: dict[str, Any]
+    key: cache.StepKey
+
+
+def _plan(
+    cfg: DictConfig,
+    pipeline: graph.Pipeline,
+    step: graph.Step,
     component: ResolvedComponent,
-    params: dict[str, Any],
-    key: cache.StepKey,
-    use_cache: bool,
-    parent: Any,
-    client: MlflowClient,
-) -> StepResult:
-    """Reuse a finished run with the same key, or run the step and remember its key."""
+    outputs: Outputs,
+) -> Planned:
+    params, digests, references = step_parameters(cfg, pipeline, step, outputs)
+    return Planned(
+        step, component, params, cache.step_key(step.name, component, params, digests, references)
+    )
+
+
+def _run_wave(
+    planned: list[Planned], use_cache: bool, parent: Any, client: MlflowClient, jobs: int
+) -> list[StepResult]:
+    """Run (or take from the cache) the steps of one wave; with ``jobs`` > 1 at the same time.
+    Each child run is made here, in the pipeline run's thread, so it is that run's child."""
     experiment_id = parent.info.experiment_id
-    if use_cache and (origin := cache.find(client, experiment_id, key)) is not None:
-        run_id = cache.record_hit(client, experiment_id, parent.info.run_id, step, origin, key)
-        source = origin.data.tags.get(cache.CACHED_FROM_TAG, origin.info.run_id)
-        log.info("step %s: cached from run %s (key %s)", step, source, key.key[:12])
-        return StepResult(step, run_id, "FINISHED", 0.0, component, cached_from=source)
-    reason = cache.why_not_cached(client, experiment_id, step, key) if use_cache else "cache off"
-    log.info("step %s: runs (%s)", step, reason)
-    result = _run_step(step, component, params, parent, client)
-    if result.status == "FINISHED":
-        cache.remember(client, result.run_id, key)
-    return result
+    results: dict[str, StepResult] = {}
+    to_run = []
+    for plan in planned:
+        name = plan.step.name
+        if use_cache and (origin := cache.find(client, experiment_id, plan.key)) is not None:
+            run_id = cache.record_hit(
+                client, experiment_id, parent.info.run_id, name, origin, plan.key
+            )
+            source = origin.data.tags.get(cache.CACHED_FROM_TAG, origin.info.run_id)
+            log.info("step %s: cached from run %s (key %s)", name, source, plan.key.key[:12])
+            results[name] = StepResult(
+                name, run_id, "FINISHED", 0.0, plan.component, cached_from=source
+            )
+            continue
+        reason = (
+            cache.why_not_cached(client, experiment_id, name, plan.key)
+            if use_cache
+            else "cache off"
+        )
+        log.info("step %s: runs (%s)", name, reason)
+        to_run.append((plan, _child_run(plan, experiment_id)))
+    if len(to_run) > 1 and jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(jobs, len(to_run))) as pool:
+            done = list(pool.map(lambda job: _run_step(*job, parent, client), to_run))
+    else:
+        done = [_run_step(plan, run_id, parent, client) for plan, run_id in to_run]
+    for (plan, _), result in zip(to_run, done, strict=True):
+        if result.status == "FINISHED":
+            cache.remember(client, result.run_id, plan.key)
+        results[plan.step.name] = result
+    return [results[p.step.name] for p in planned]
 
 
-def _run_step(
-    step: str,
-    component: ResolvedComponent,
-    params: dict[str, Any],
-    parent: Any,
-    client: MlflowClient,
-) -> StepResult:
+def _child_run(plan: Planned, experiment_id: str) -> str:
+    """Make the step's run as `mlflow run` would (source, entry point, parameters), a child of
+    the active pipeline run, tagged with the step's declared name."""
+    from mlflow.projects.utils import _create_run
+
+    path = str(plan.component.path)
+    run = _create_run(path, experiment_id, path, None, plan.step.entry_point, plan.params)
+    MlflowClient().set_tag(run.info.run_id, "mlflow.runName", plan.step.name)
+    MlflowClient().set_tag(run.info.run_id, STEP_TAG, plan.step.name)
+    return run.info.run_id
+
+
+def _run_step(plan: Planned, run_id: str, parent: Any, client: MlflowClient) -> StepResult:
+    from mlflow.projects.utils import MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG
+
+    step, component = plan.step.name, plan.component
     where = component.repository + (f"@{component.version}" if component.version else " (local)")
     log.info("step %s: %s (commit %s, env %s)", step, where, component.sha, component.env_manager)
     start = time.monotonic()
-    run_id, status = "", "FAILED"
+    status = "FAILED"
     try:
-        submitted = tracking.run_project(
+        tracking.run_project(
             str(component.path),
-            entry_point="main",
-            parameters=params,
+            entry_point=plan.step.entry_point,
+            parameters=plan.params,
             experiment_id=parent.info.experiment_id,
             env_manager=component.env_manager,
-            run_name=step,
+            backend_config={MLFLOW_LOCAL_BACKEND_RUN_ID_CONFIG: run_id},
             synchronous=True,
         )
-        run_id, status = submitted.run_id, "FINISHED"
+        status = "FINISHED"
     except ExecutionException as err:
         log.error("step %s: %s", step, str(err).splitlines()[0])
-        run_id = _latest_child(client, parent, step)
     except Exception as err:  # e.g. the environment could not be made: MLflow leaves it RUNNING
         cause = (
             f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         )
         log.error("step %s could not start: %s", step, cause)
-        run_id = _latest_child(client, parent, step)
-        if run_id:
-            client.set_tag(run_id, ERROR_TAG, f"the step could not start: {cause}"[:5000])
-            client.set_terminated(run_id, "FAILED")
+        client.set_tag(run_id, ERROR_TAG, f"the step could not start: {cause}"[:5000])
+        client.set_terminated(run_id, "FAILED")
     seconds = time.monotonic() - start
-    if run_id:
-        for key, value in {
-            "repository": component.repository,
-            "version": component.version or "",
-            "sha": component.sha or "",
-            "dirty": str(component.dirty).lower(),
-            "env_manager": component.env_manager,
-            "path": str(component.path),
-        }.items():
-            client.set_tag(run_id, f"reprise.component.{key}", value)
-    mlflow.set_tag(f"reprise.component.{step}.sha", component.sha or "")
-    mlflow.log_metric(f"seconds.{step}", seconds)
-    error = client.get_run(run_id).data.tags.get(ERROR_TAG, "") if run_id else ""
+    for key, value in {
+        "repository": component.repository,
+        "version": component.version or "",
+        "sha": component.sha or "",
+        "dirty": str(component.dirty).lower(),
+        "env_manager": component.env_manager,
+        "path": str(component.path),
+    }.items():
+        client.set_tag(run_id, f"reprise.component.{key}", value)
+    # the step's declared name, whatever the component calls itself (one component may serve
+    # several steps)
+    client.set_tag(run_id, STEP_TAG, step)
+    client.set_tag(parent.info.run_id, f"reprise.component.{step}.sha", component.sha or "")
+    client.log_metric(parent.info.run_id, f"seconds.{step}", seconds)
+    error = client.get_run(run_id).data.tags.get(ERROR_TAG, "")
     return StepResult(step, run_id, status, seconds, component, error)
 
 
@@ -509,17 +484,6 @@ def _copy_headline(client: MlflowClient, run_id: str) -> None:
     headline = {k: v for k, v in metrics.items() if k in keep}
     if headline:
         mlflow.log_metrics(headline)
-
-
-def _latest_child(client: MlflowClient, parent: Any, step: str) -> str:
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
-        f"and tags.`mlflow.runName` = '{step}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else ""
 
 
 def _fail_running_children(client: MlflowClient, experiment_id: str, parent_id: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import mlflow
 import yaml
 
-from reprise import manifest, owners, paths, tracking, versioning
+from reprise import graph, manifest, owners, paths, tracking, versioning
 from reprise.cli import write_line
 from reprise.components import checkout, redact, require_release_pin, split_subdirectory
 from reprise.errors import RepriseError
@@ -28,18 +28,11 @@ log = logging.getLogger(__name__)
 
 # Scores a manifest keeps: every validation and test score of the model, and its threshold.
 METRIC_PREFIXES = ("val.", "test.")
+METRIC_NAMES = ("threshold",)
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def compose_config(root: Path) -> Any:
-    """The project's config as committed (no overrides), composed by Hydra."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(root / "project" / "config"), version_base="1.3"):
-        return compose(config_name="config")
 
 
 def _run_pipeline(project_dir: Path, options: str, failed: str, again: str) -> str:
@@ -78,11 +71,17 @@ def observe(run_id: str) -> dict[str, Any]:
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
     )
     steps = {c.data.tags[STEP_TAG]: c for c in children if STEP_TAG in c.data.tags}
+    with tempfile.TemporaryDirectory(prefix="reprise-observe-") as folder:
+        config = yaml.safe_load(
+            Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
+        )
+    model_steps = _model_steps(config)
     components, outputs, environments, metrics = {}, {}, {}, {}
     model: dict[str, Any] = {}
     for step, run in steps.items():
         tags = run.data.tags
         components[step] = {
+            "component": Path(tags.get("reprise.component.path", step)).name,
             "repository": tags.get("reprise.component.repository", ""),
             "tag": tags.get("reprise.component.version", ""),
             "sha": tags.get("reprise.component.sha", ""),
@@ -98,20 +97,25 @@ def observe(run_id: str) -> dict[str, Any]:
             if key.startswith("reprise.output.") and key.endswith((".sha256", ".digest")):
                 name, kind = key.removeprefix("reprise.output.").rsplit(".", 1)
                 outputs.setdefault(f"{step}.{name}", {})[kind] = value
-        metrics |= {k: v for k, v in run.data.metrics.items() if k.startswith(METRIC_PREFIXES)}
-        if step == "train_model":
-            metrics["threshold"] = run.data.metrics.get("threshold")
+        # the model's own scores by their names; another branch's (a second model) by step
+        prefix = "" if model_steps is None or step in model_steps else f"{step}."
+        metrics |= {
+            f"{prefix}{k}": v
+            for k, v in run.data.metrics.items()
+            if k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES
+        }
         if registered := tags.get("reprise.output.registered_model"):
             name, version = registered.removeprefix("models:/").rsplit("/", 1)
             model = {"name": name, "version": int(version), "uri": registered}
-    with tempfile.TemporaryDirectory(prefix="reprise-observe-") as folder:
-        config = yaml.safe_load(
-            Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
-        )
     return {
         "components": components,
         "config": config,
-        "data": {"input": outputs.get("get_data.raw_data", {})},
+        # what the pipeline reads: the outputs of its steps that take no input
+        "data": {
+            name: digests
+            for name, digests in outputs.items()
+            if name.partition(".")[0] in sources(config)
+        },
         "outputs": dict(sorted(outputs.items())),
         "environments": environments,
         "metrics": dict(sorted(metrics.items())),
@@ -122,6 +126,23 @@ def observe(run_id: str) -> dict[str, Any]:
             "model": model,
         },
     }
+
+
+def _model_steps(config: dict[str, Any]) -> set[str] | None:
+    """The steps of a run's config that make and register its model; None when it declares
+    none (every step's scores then keep their names)."""
+    model = (config.get("pipeline") or {}).get("model") or {}
+    steps = {
+        str(model.get("output") or "").partition(".")[0],
+        str(model.get("registered_by") or ""),
+    }
+    return (steps - {""}) or None
+
+
+def sources(config: dict[str, Any]) -> set[str]:
+    """The steps of a run's config that take no input: where its data comes in."""
+    steps = (config.get("pipeline") or {}).get("steps") or {}
+    return {name for name, step in steps.items() if not (step or {}).get("inputs")}
 
 
 def cut(part: str) -> None:
@@ -137,10 +158,11 @@ def cut(part: str) -> None:
     tag = versioning.tag_name(config_file, version)
     if versioning.git(root, "tag", "--list", tag):
         raise RepriseError(f"Tag {tag} exists already.", "bump another part, or delete the tag.")
-    cfg = compose_config(root)
-    from reprise.pipeline import STEPS, component_specs
+    cfg = graph.project_config(root)
+    from reprise.pipeline import component_specs
 
-    for spec in component_specs(cfg, list(STEPS)).values():
+    pipeline = graph.declared(cfg)
+    for spec in component_specs(cfg, pipeline, pipeline.names).values():
         require_release_pin(spec)
     commit = versioning.git(root, "rev-parse", "HEAD")
     log.info("release %s: running the pipeline at commit %s and its pins", version, commit[:12])

@@ -338,3 +338,10 @@ def copy_work_tree(dest: Path) -> None:
     git("config", "user.name", "Reprise tests", cwd=dest)
     git("add", "-A", cwd=dest)
     git("commit", "-q", "-m", "The work tree", cwd=dest)
+
+
+def declared_steps() -> list[str]:
+    """The step names the project's pipeline declares (project/config/pipeline/), in order."""
+    from reprise.graph import declared, project_config
+
+    return declared(project_config(ROOT)).names

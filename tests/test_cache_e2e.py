@@ -9,8 +9,15 @@ import sys
 
 import pytest
 
-from reprise.pipeline import STEPS
-from support import ROOT, ComponentsRemote, Workspace, latest_steps, run_reprise, workspace_env
+from support import (
+    ROOT,
+    ComponentsRemote,
+    Workspace,
+    declared_steps,
+    latest_steps,
+    run_reprise,
+    workspace_env,
+)
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
@@ -61,7 +68,7 @@ def test_an_unchanged_rerun_is_all_cached_with_its_lineage(store) -> None:
     workspace, run, first = store
     result, runs = run()
     assert result.returncode == 0
-    assert cached(runs) == set(STEPS)
+    assert cached(runs) == set(declared_steps())
     for step, record in runs.items():
         assert record.info.status == "FINISHED"
         assert record.data.tags["reprise.cached_from"] == first[step].info.run_id
@@ -177,7 +184,7 @@ def test_the_python_api_reruns_in_one_process(store, components_remote: Componen
     unchanged, changed, again, bad = json.loads(result.stdout.strip().splitlines()[-1])
     assert len({unchanged["run"], changed["run"], again["run"]}) == 3
     assert unchanged["status"] == changed["status"] == again["status"] == "FINISHED"
-    assert unchanged["cached"] == again["cached"] == sorted(STEPS)
+    assert unchanged["cached"] == again["cached"] == sorted(declared_steps())
     upstream = {"get_data", "basic_cleaning", "data_check", "train_val_test_split"}
     assert set(changed["cached"]) == upstream
     assert "no_such_key" in bad["error"]

@@ -3,14 +3,22 @@ on 127.0.0.1, tracked in a real sqlite MLflow store."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from reprise.pipeline import STEPS
-from support import ROOT, ComponentsRemote, Workspace, free_port, mlflow_run, run_reprise
+from support import (
+    ROOT,
+    ComponentsRemote,
+    Workspace,
+    declared_steps,
+    free_port,
+    mlflow_run,
+    run_reprise,
+)
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
@@ -57,7 +65,7 @@ def test_older_tag_runs_older_code_and_records_its_sha(
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     children = steps_run(workspace)
-    assert sorted(children) == sorted(STEPS)
+    assert sorted(children) == sorted(declared_steps())
     sha = components_remote.tags["0.1.0"]
     assert sha != components_remote.tags["0.2.0"]
     for step, run in children.items():
@@ -147,7 +155,7 @@ def test_unreachable_repository(workspace: Workspace) -> None:
 
 def test_unknown_step_lists_valid_ones(workspace: Workspace) -> None:
     result = run_reprise(workspace, "--steps", "get_data,train")
-    assert_failed_cleanly(result, "Unknown step(s) train", ", ".join(STEPS))
+    assert_failed_cleanly(result, "Unknown step(s) train", ", ".join(declared_steps()))
     assert_nothing_running(workspace)
 
 
@@ -221,3 +229,66 @@ def test_relative_sqlite_uri_is_refused(workspace: Workspace) -> None:
     assert_failed_cleanly(
         result, "is a relative path", "MLFLOW_TRACKING_URI=sqlite:///$PWD/mlflow.db"
     )
+
+
+def test_the_declared_pipeline_makes_what_the_fixed_one_made(workspace: Workspace) -> None:
+    """The default project's declaration (project/config/pipeline/default.yaml) gives the same
+    outputs, bit for bit, and the same metrics as the pipeline written in the platform did
+    (tests/data/pipeline_before_declaration.json, recorded from a run before the change)."""
+    import mlflow
+
+    from reprise.release import observe
+
+    before = json.loads((ROOT / "tests" / "data" / "pipeline_before_declaration.json").read_text())
+    result = run_reprise(workspace, SMALL)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (parent,) = [r for r in runs_of(workspace) if r.data.tags.get("reprise.pipeline") == "true"]
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(workspace.tracking_uri)
+    try:
+        now = observe(parent.info.run_id)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert sorted(now["components"]) == before["steps"]
+    assert now["outputs"] == before["outputs"]
+    assert now["metrics"] == before["metrics"]
+    assert now["mlflow"]["model"]["name"] == before["model"]
+
+
+def test_independent_branches_run_at_the_same_time_each_with_its_run_and_cache(
+    workspace: Workspace,
+) -> None:
+    """pipeline=two_models adds a forest branch (train_forest, test_forest: the train_model and
+    test_model components again); with main.jobs=2 the two branches overlap in time."""
+    result = run_reprise(workspace, SMALL, "pipeline=two_models", "main.jobs=2")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    children = steps_run(workspace)
+    assert sorted(children) == sorted([*declared_steps(), "train_forest", "test_forest"])
+    assert all(run.info.status == "FINISHED" for run in children.values())
+
+    def overlap(a: str, b: str) -> bool:
+        first, second = children[a].info, children[b].info
+        return first.start_time < second.end_time and second.start_time < first.end_time
+
+    assert overlap("train_model", "train_forest") and overlap("test_model", "test_forest")
+    split = children["train_val_test_split"].data.tags
+    for trainer in ("train_model", "train_forest"):
+        params = children[trainer].data.params
+        assert params["train_artifact"] == split["reprise.output.train_data"], trainer
+        assert children[trainer].data.tags["reprise.cache.key"], trainer
+    assert children["train_forest"].data.params["model_name"] == "random_forest"
+    forest_model = children["train_forest"].data.tags["reprise.output.model"]
+    assert children["test_forest"].data.params["model"] == forest_model
+    # only the declared model is registered
+    assert "reprise.output.registered_model" in children["test_model"].data.tags
+    assert "reprise.output.registered_model" not in children["test_forest"].data.tags
+
+    again = run_reprise(workspace, SMALL, "pipeline=two_models", "main.jobs=2")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    newest = {
+        r.data.tags["reprise.step"]: r
+        for r in runs_of(workspace)[len(children) + 1 :]
+        if "reprise.step" in r.data.tags
+    }
+    assert sorted(newest) == sorted(children)
+    assert all("reprise.cached_from" in r.data.tags for r in newest.values())

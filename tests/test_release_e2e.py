@@ -148,7 +148,7 @@ def test_a_release_freezes_everything(released: Project, components_remote: Comp
         assert released.work.name not in component["repository"]
     assert {c["sha"] for c in second["components"].values()} == {components_remote.tags["0.2.0"]}
     assert first["config"]["components"]["version"] == "0.1.0"
-    assert first["data"]["input"]["sha256"] == (
+    assert first["data"]["get_data.raw_data"]["sha256"] == (
         "4af4184c7c508760ca7412c0f34ab7169a9294770ee68c4eec4ad3162ddf44df"
     )
     assert "test_model.predictions" in first["outputs"]

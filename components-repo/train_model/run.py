@@ -32,7 +32,9 @@ def main() -> None:
     args = parse_args(HERE)
     with Step("train_model", vars(args)) as step:
         schema = Schema.from_json(args.schema)
-        hyperparameters = json_param("hyperparameters", args.hyperparameters)
+        # the model's config group as a whole: its `name` is model_name, the rest are keywords
+        given = json_param("hyperparameters", args.hyperparameters)
+        hyperparameters = {k: v for k, v in given.items() if k != "name"}
         evaluation = json_param("evaluation", args.evaluation)
         threshold_cfg, beta, ks = evaluation["threshold"], evaluation["beta"], evaluation["ks"]
         train = step.input_table(args.train_artifact, args.train_sha256)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from reprise import manifest, paths, tracking
 from reprise.errors import RepriseError
@@ -30,7 +31,6 @@ from reprise.serving.fast import FastScorer, NotCompilable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "adult_income"
 PROD_ALIAS = "prod"
 # MLflow signature types -> the kind of value a column holds
 INT64 = 2**63  # integers are held as int64
@@ -233,6 +233,24 @@ def value_problem(value: Any, kind: str) -> str:
     return f"{problem}, got {_shown(value)}" if problem else ""
 
 
+def default_uri() -> str:
+    """``models:/NAME@prod`` for the project's registered model (main.registered_model_name of
+    project/config/config.yaml)."""
+    config = paths.PROJECT_DIR / "config" / "config.yaml"
+    try:
+        name = (
+            (yaml.safe_load(config.read_text()) or {}).get("main", {}).get("registered_model_name")
+        )
+    except (OSError, yaml.YAMLError) as err:
+        raise RepriseError(f"Cannot read {config} ({err}).", "restore it from git.") from None
+    if not name:
+        raise RepriseError(
+            f"No model to serve by default: main.registered_model_name is empty in {config}.",
+            "name a model: --model models:/NAME@prod, or --release X.Y.Z.",
+        )
+    return f"models:/{name}@{PROD_ALIAS}"
+
+
 def resolve(release: str | None = None, model: str | None = None) -> tuple[str, dict[str, Any]]:
     """The model URI to serve and what identifies it: a release's model version, a given URI
     (models:/name@alias, models:/name/version, runs:/...), or by default name@prod. A registered
@@ -256,7 +274,7 @@ def resolve(release: str | None = None, model: str | None = None) -> tuple[str, 
         if local is not None:
             meta["artifacts"] = str(local.artifacts)
         return f"models:/{entry['name']}/{entry['version']}", meta
-    uri = model or f"models:/{DEFAULT_NAME}@{PROD_ALIAS}"
+    uri = model or default_uri()
     if not uri.startswith("models:/"):
         return uri, {}
     name, _, rest = uri.removeprefix("models:/").partition("@")

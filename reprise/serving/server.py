@@ -82,7 +82,7 @@ class ModelReference:
     @property
     def uri(self) -> str:
         """The model URI asked for (a release's is only known once its manifest is read)."""
-        return self.model or f"models:/{served_model.DEFAULT_NAME}@{served_model.PROD_ALIAS}"
+        return self.model or served_model.default_uri()
 
     @property
     def alias(self) -> tuple[str, str] | None:
