@@ -13,7 +13,8 @@ TOOLS_STAMP := $(TOOLS)/.uv-$(UV_VERSION)-bump2version-$(BUMP2VERSION_VERSION)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
-COMPONENTS := get_data basic_cleaning data_check train_val_test_split train_model test_model
+# Every folder of components-repo/ with an MLproject: a new component is locked too.
+COMPONENTS := $(sort $(patsubst components-repo/%/MLproject,%,$(wildcard components-repo/*/MLproject)))
 
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
@@ -128,6 +129,11 @@ lock: $(TOOLS_STAMP) ## Re-resolve uv.lock and every requirements.txt after a ch
 .PHONY: graph
 graph: setup ## Print the pipeline the project declares (MERMAID=1: as a Mermaid flowchart)
 	$(PY) -m reprise graph $(if $(filter 1 yes true,$(MERMAID)),--mermaid)
+
+NAME ?=
+.PHONY: new-component
+new-component: setup ## Write components-repo/NAME/: MLproject, locked env, run.py, logic module, its test
+	$(PY) -m reprise new-component -- $(call quoted,$(NAME))
 
 .PHONY: doctor
 doctor: setup ## End runs left RUNNING by a process that is gone, remove their temporary folders; list what changed

@@ -345,7 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="Hydra overrides, e.g. pipeline=other (a pipeline of its own)"
     )
     graph.set_defaults(handler=cmd_graph)
+
+    new = sub.add_parser("new-component", help="write a new component in components-repo/")
+    new.add_argument("name", help="its name in lower snake case: folder, step and module prefix")
+    new.add_argument(
+        "--components-dir",
+        default="",
+        help="the components folder to write in (default: components-repo/ of this checkout)",
+    )
+    new.set_defaults(handler=cmd_new_component)
     return parser
+
+
+def cmd_new_component(args: argparse.Namespace) -> int:
+    """Write a new component folder, then say what to edit next."""
+    from pathlib import Path
+
+    from reprise import new_component, paths
+
+    created = new_component.create(args.name, Path(args.components_dir or paths.COMPONENTS_DIR))
+    write_line(f"Created component {args.name} in {created.folder}")
+    write_line(f"  {', '.join(created.files)}")
+    write_line(f"  environment locked as {created.environment_from}'s (the same pins)")
+    write_line(f"Next: write its logic in {created.folder / created.logic_module}, then declare")
+    write_line(f"  the step in the pipeline (component: {args.name}, outputs: [{created.output}]).")
+    return 0
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

@@ -83,6 +83,16 @@ class Pipeline:
     def names(self) -> list[str]:
         return list(self.steps)
 
+    def sources(self) -> set[str]:
+        """The steps that take no input: where the pipeline's data comes in."""
+        return {name for name, step in self.steps.items() if not step.inputs}
+
+    def model_steps(self) -> set[str]:
+        """The steps that make and register the model (every step when none is declared): their
+        scores are the pipeline's."""
+        steps = {self.model_output.partition(".")[0], self.registered_by} - {""}
+        return steps or set(self.steps)
+
     def select(self, spec: str) -> list[str]:
         """``all`` or a comma-separated list of declared step names, in running order."""
         wanted = [s.strip() for s in str(spec).split(",") if s.strip()]

@@ -329,7 +329,8 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                     results.append(result)
                     if result.status == "FINISHED":
                         outputs.add(result.step, result.run_id)
-                        _copy_headline(client, result.run_id)
+                        if result.step in pipeline.model_steps():  # not a second branch's
+                            _copy_headline(client, result.run_id)
                 failed = [r for r in results if r.status != "FINISHED"]
                 if failed:
                     first = failed[0]

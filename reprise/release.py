@@ -75,7 +75,8 @@ def observe(run_id: str) -> dict[str, Any]:
         config = yaml.safe_load(
             Path(client.download_artifacts(run_id, "config.yaml", folder)).read_text()
         )
-    model_steps = _model_steps(config)
+    pipeline = _declared(config)
+    model_steps = pipeline.model_steps() if pipeline else set(steps)
     components, outputs, environments, metrics = {}, {}, {}, {}
     model: dict[str, Any] = {}
     for step, run in steps.items():
@@ -98,7 +99,7 @@ def observe(run_id: str) -> dict[str, Any]:
                 name, kind = key.removeprefix("reprise.output.").rsplit(".", 1)
                 outputs.setdefault(f"{step}.{name}", {})[kind] = value
         # the model's own scores by their names; another branch's (a second model) by step
-        prefix = "" if model_steps is None or step in model_steps else f"{step}."
+        prefix = "" if step in model_steps else f"{step}."
         metrics |= {
             f"{prefix}{k}": v
             for k, v in run.data.metrics.items()
@@ -114,7 +115,7 @@ def observe(run_id: str) -> dict[str, Any]:
         "data": {
             name: digests
             for name, digests in outputs.items()
-            if name.partition(".")[0] in sources(config)
+            if pipeline and name.partition(".")[0] in pipeline.sources()
         },
         "outputs": dict(sorted(outputs.items())),
         "environments": environments,
@@ -128,21 +129,13 @@ def observe(run_id: str) -> dict[str, Any]:
     }
 
 
-def _model_steps(config: dict[str, Any]) -> set[str] | None:
-    """The steps of a run's config that make and register its model; None when it declares
-    none (every step's scores then keep their names)."""
-    model = (config.get("pipeline") or {}).get("model") or {}
-    steps = {
-        str(model.get("output") or "").partition(".")[0],
-        str(model.get("registered_by") or ""),
-    }
-    return (steps - {""}) or None
+def _declared(config: dict[str, Any]) -> graph.Pipeline | None:
+    """The pipeline a run's recorded config declares; None for a run from before declarations."""
+    if not (config.get("pipeline") or {}).get("steps"):
+        return None
+    from omegaconf import OmegaConf
 
-
-def sources(config: dict[str, Any]) -> set[str]:
-    """The steps of a run's config that take no input: where its data comes in."""
-    steps = (config.get("pipeline") or {}).get("steps") or {}
-    return {name for name, step in steps.items() if not (step or {}).get("inputs")}
+    return graph.declared(OmegaConf.create(config))
 
 
 def cut(part: str) -> None:

@@ -239,3 +239,12 @@ def test_the_platform_names_no_step_data_set_or_model_of_the_project() -> None:
         if pattern.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_the_model_steps_and_the_sources_come_from_the_declaration() -> None:
+    pipeline = _pipeline(PLAIN)
+    assert pipeline.model_steps() == {"train_model", "test_model"}
+    assert pipeline.sources() == {"get_data"}
+    undeclared = copy.deepcopy(PLAIN)
+    del undeclared["model"]
+    assert _pipeline(undeclared).model_steps() == set(declared_steps())
