@@ -371,6 +371,8 @@ def _compile_for_serving(version: str) -> None:
         return
     if served.scorer is not None and served.scorer.trees is not None:
         log.info("model of release %s compiled for serving (trees as arrays)", version)
+    else:
+        log.info("model of release %s is served by scikit-learn (only trees compile)", version)
 
 
 def list_releases(remote: bool = False) -> None:
@@ -387,20 +389,21 @@ def list_releases(remote: bool = False) -> None:
         write_line("No releases yet: make release PART=major")
         return
     prod = _prod_versions()
+    # the scores the project wants to compare releases by (main.release_metrics)
+    shown = list(graph.project_config(root).main.get("release_metrics") or [])
     where_column = f"  {'where':<14}" if remote else ""
-    write_line(
-        f"{'version':<9} {'date':<10} {'test ROC AUC':>12} {'test F1':>8} {'model':>16}  "
-        f"{'prod':<4}{where_column}"
-    )
+    scores = "".join(f" {name:>{max(len(name), 8)}}" for name in shown)
+    write_line(f"{'version':<9} {'date':<10}{scores} {'model':>16}  {'prod':<4}{where_column}")
     for version in versions:
         record = manifest.read_manifest(local.get(version) or origin[version], version, root)
         metrics, model = record.get("metrics", {}), record["mlflow"]["model"]
         is_prod = prod.get(model["name"]) == str(model["version"])
         where = f"  {_where(root, local.get(version), origin.get(version)):<14}" if remote else ""
+        values = "".join(
+            f" {metrics.get(name, float('nan')):>{max(len(name), 8)}.4f}" for name in shown
+        )
         write_line(
-            f"{record['version']:<9} {record['date']:<10} "
-            f"{metrics.get('test.roc_auc', float('nan')):>12.4f} "
-            f"{metrics.get('test.f1', float('nan')):>8.4f} "
+            f"{record['version']:<9} {record['date']:<10}{values} "
             f"{model['name'] + ' v' + str(model['version']):>16}  {'yes' if is_prod else '':<4}"
             f"{where}".rstrip()
         )

@@ -342,16 +342,17 @@ def test_restore_puts_the_release_and_its_components_in_a_folder(
 
 
 def test_promote_aliases_the_release_model_prod(released: Project) -> None:
-    result = released.reprise("promote", "1.0.0")
+    result = released.reprise("promote", "1.1.0")
     assert result.returncode == 0, output_of(result)[-4000:]
     client = MlflowClient(tracking_uri=released.workspace.tracking_uri)
-    assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 1
-    # compiled for serving now, so the first predict of prod starts fast
-    assert "model of release 1.0.0 compiled for serving" in output_of(result)
-    assert list((released.workspace.path / "cache" / "scorers").rglob("*.npz"))
-    rollforward = released.reprise("promote", "1.1.0")
-    assert rollforward.returncode == 0
     assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 2
+    # a forest is compiled for serving now, so the first predict of prod starts fast
+    assert "model of release 1.1.0 compiled for serving" in output_of(result)
+    assert list((released.workspace.path / "cache" / "scorers").rglob("*.npz"))
+    rollback = released.reprise("promote", "1.0.0")
+    assert rollback.returncode == 0, output_of(rollback)[-4000:]
+    assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 1
+    assert "model of release 1.0.0 is served by scikit-learn" in output_of(rollback)
 
 
 @pytest.mark.parametrize(
