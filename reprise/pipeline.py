@@ -268,6 +268,9 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
     if release is not None:
         # before any run starts: other steps or settings are refused, not silently dropped
         cfg = release_config(cfg, release)
+    # a wrong declaration or step selection is refused before any run starts
+    pipeline = graph.declared(cfg)
+    steps = pipeline.names if release is not None else pipeline.select(cfg.main.steps)
     # the steps' temporary files go in a folder this process owns, removed when it is gone
     with sweep.pipeline_run(cfg, run_name) as parent, owners.scratch_for_children():
         mlflow.set_tags(owners.this_process().tags())
@@ -276,11 +279,9 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
         try:
             # a rerun of a release is there to reproduce it: every step runs
             use_cache = bool(cfg.main.cache) and release is None
-            pipeline = graph.declared(cfg)
             if release is not None:
                 # A rerun of a release: its config and its components at their recorded commits.
                 log.info("rerunning release %s as its manifest pins it", release["version"])
-                steps = pipeline.names
                 components = {
                     s: resolve_pinned(
                         s,
@@ -296,7 +297,6 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 mlflow.set_tag("reprise.release", release["version"])
             else:
                 refuse_credentials(OmegaConf.to_container(cfg, resolve=True))
-                steps = pipeline.select(cfg.main.steps)
                 specs = component_specs(cfg, pipeline, steps)
                 # Resolve every component before any step runs: a bad tag fails in seconds.
                 # Each repository is listed once: its steps agree on what a tag means.
