@@ -158,7 +158,8 @@ def declared(cfg: DictConfig) -> Pipeline:
     steps = {str(name): _step(str(name), spec) for name, spec in raw["steps"].items()}
     for step in steps.values():
         for given in step.inputs:
-            _check_reference(steps, step.name, given.step, given.output)
+            where = f"{step.name}.inputs.{given.parameter}"
+            _check_reference(steps, where, given.step, given.output)
         for other in step.after:
             if other not in steps:
                 raise RepriseError(

@@ -296,7 +296,11 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 }
                 mlflow.set_tag("reprise.release", release["version"])
             else:
-                refuse_credentials(OmegaConf.to_container(cfg, resolve=True))
+                # the declaration's ${...} repeat other settings: name the setting a user wrote
+                given = OmegaConf.to_container(cfg, resolve=True)
+                declaration = given.pop("pipeline", None)
+                refuse_credentials(given)
+                refuse_credentials({"pipeline": declaration})
                 specs = component_specs(cfg, pipeline, steps)
                 # Resolve every component before any step runs: a bad tag fails in seconds.
                 # Each repository is listed once: its steps agree on what a tag means.

@@ -100,6 +100,10 @@ def use_model(name: str):
     return edit
 
 
+# The last commit before the pipeline became the project's declaration (project/config/pipeline/).
+BEFORE_DECLARATIONS = "22b896126c053f5fc4f7d2fdcf33f61525f2aef5"
+
+
 @pytest.fixture(scope="module")
 def project(
     git_server: GitServer, components_remote: ComponentsRemote, tmp_path_factory
@@ -107,6 +111,8 @@ def project(
     base = tmp_path_factory.mktemp("release")
     work = base / "work"
     git("clone", "-q", str(ROOT), str(work))
+    # the platform as it was before pipelines were declared: release 1.0.0 is cut with it
+    git("checkout", "-q", "-B", "main", BEFORE_DECLARATIONS, cwd=work)
     git("config", "user.email", "release@reprise.invalid", cwd=work)
     git("config", "user.name", "Reprise release tests", cwd=work)
     env = workspace_env(base)
@@ -123,14 +129,20 @@ def project(
 @pytest.fixture(scope="module")
 def released(project: Project, components_remote: ComponentsRemote) -> Project:
     """Release 1.0.0 (components 0.1.0, gradient boosting fitted on the machine's two OpenMP
-    threads), then 1.1.0 (components 0.2.0, a random forest with n_jobs=2), both pushed. Each
-    must digest the same at its reruns, whatever their thread count; the decision tree, the
-    default model, is what every other end-to-end test runs."""
+    threads) cut by the platform of BEFORE_DECLARATIONS; then the platform of this checkout and
+    release 1.1.0 (components 0.2.0, a random forest with n_jobs=2), both pushed. Each must
+    digest the same at its reruns, whatever their thread count, and 1.0.0 must still rerun from
+    its tag; the decision tree, the default model, is what every other end-to-end test runs."""
     use_model("hist_gradient_boosting")(project)
     project.commit("Gradient boosting")
     first = project.reprise("release", "--part", "major")
     assert first.returncode == 0, output_of(first)[-4000:]
-    project.set_config("config.yaml", pin("0.2.0"))
+    # today's platform and project config; the release history (CHANGELOG, versions) stays
+    today = git("rev-parse", "HEAD", cwd=ROOT)
+    kept = ("CHANGELOG.md", "releases", ".bumpversion.cfg", "pyproject.toml", "uv.lock")
+    git("checkout", today, "--", ".", *(f":!{path}" for path in kept), cwd=project.work)
+    project.set_config("config.yaml", pin("0.2.0", components_remote.url))
+    project.set_config("etl/default.yaml", lambda etl: etl.update(sample="sample1.parquet"))
     use_model("random_forest")(project)
     # small enough to be compiled for serving; on two threads its digest varied before the fix
     project.set_config(
@@ -165,9 +177,10 @@ def test_a_release_freezes_everything(released: Project, components_remote: Comp
         assert released.work.name not in component["repository"]
     assert {c["sha"] for c in second["components"].values()} == {components_remote.tags["0.2.0"]}
     assert first["config"]["components"]["version"] == "0.1.0"
-    assert first["data"]["get_data.raw_data"]["sha256"] == (
-        "4af4184c7c508760ca7412c0f34ab7169a9294770ee68c4eec4ad3162ddf44df"
-    )
+    raw = "4af4184c7c508760ca7412c0f34ab7169a9294770ee68c4eec4ad3162ddf44df"
+    assert first["data"]["input"]["sha256"] == raw  # as the platform wrote it before declarations
+    assert second["data"]["get_data.raw_data"]["sha256"] == raw
+    assert "pipeline" not in first["config"] and "steps" in second["config"]["pipeline"]
     assert "test_model.predictions" in first["outputs"]
     assert first["outputs"]["train_val_test_split.test_data"]["digest"]
     assert first["environments"]["train_model"]["requirements"]
@@ -357,6 +370,8 @@ def test_promote_aliases_the_release_model_prod(released: Project) -> None:
     assert rollback.returncode == 0, output_of(rollback)[-4000:]
     assert int(client.get_model_version_by_alias("adult_income", "prod").version) == 1
     assert "model of release 1.0.0 is served by scikit-learn" in output_of(rollback)
+    # forward again: later releases are gated against prod, the newest model
+    assert released.reprise("promote", "1.1.0").returncode == 0
 
 
 @pytest.mark.parametrize(

@@ -298,12 +298,17 @@ def test_the_first_project_is_untouched(
 
 def _unknown_output(pipeline: dict) -> str:
     pipeline["steps"]["test_tree"]["inputs"]["test"] = "split.holdout"
-    return "test_tree takes output 'holdout' of step split, which declares train_data, val_data, "
+    return (
+        "test_tree.inputs.test takes output 'holdout' of step split, which declares "
+        "train_data, val_data, "
+    )
 
 
 def _unknown_step(pipeline: dict) -> str:
     pipeline["steps"]["train_forest"]["inputs"]["train"] = "splitter.train_data"
-    return "train_forest takes an output of step 'splitter', which the pipeline does not declare"
+    return (
+        "train_forest.inputs.train takes an output of step 'splitter', which the pipeline does not"
+    )
 
 
 def _cycle(pipeline: dict) -> str:
