@@ -26,8 +26,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("git")]
 
 EXPERIMENT = "reprise-test"
 # A notebook's call: Ctrl-C there is a KeyboardInterrupt, with no handler of Reprise's.
+# Ctrl-C raises KeyboardInterrupt as in a terminal, even when the tests were started where
+# SIGINT is ignored (a background job of a shell without job control)
+AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
 API_RUN = (
-    "import json, sys; from reprise import api; "
+    AS_IN_A_TERMINAL + "import json, sys; from reprise import api; "
     "api.run(json.loads(sys.argv[1]), steps='get_data', cache=False)"
 )
 START_TIMEOUT_S = 180

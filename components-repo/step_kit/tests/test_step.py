@@ -11,6 +11,9 @@ from mlflow.tracking import MlflowClient
 COMPONENTS = Path(__file__).resolve().parents[2]
 INTERRUPTED = """
 import os, signal, time
+# Ctrl-C raises KeyboardInterrupt as in a terminal, even when the tests were started where SIGINT
+# is ignored (a background job of a shell without job control)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from step_kit import Step
 with Step("probe", {}) as step:
     print(step.run_id, flush=True)
