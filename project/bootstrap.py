@@ -70,6 +70,17 @@ def pins() -> dict[str, str]:
     return found
 
 
+def make_folder(folder: Path, what: str, variable: str) -> None:
+    """Make ``folder`` (and its parents), or one line naming it and the variable that moves it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BootstrapError(
+            f"Cannot make {what} {folder} ({err.strerror}).",
+            f"set {variable} to a folder you can write, and rerun.",
+        ) from err
+
+
 def missing_pins() -> list[str]:
     """The pins this interpreter does not hold, as ``name==version``."""
     import importlib.metadata
@@ -102,13 +113,7 @@ def cached_env() -> Path:
     from reprise import owners, paths
 
     envs = paths.cache_dir() / "envs"
-    try:
-        envs.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BootstrapError(
-            f"Cannot make the folder of the project's environments {envs} ({err.strerror}).",
-            "set REPRISE_CACHE_DIR to a folder you can write, and rerun.",
-        ) from err
+    make_folder(envs, "the folder of the project's environments", "REPRISE_CACHE_DIR")
     link = envs / env_key()
     if link.is_symlink() and (link / "bin" / "python").exists():
         return link
@@ -234,13 +239,7 @@ def main(argv: list[str]) -> None:
             # a git URI's checkout is a temp folder: W&B, Hydra outputs and the like go elsewhere
             state = paths.state_dir()
             env["REPRISE_STATE_DIR"] = str(state)
-            try:
-                state.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise BootstrapError(
-                    f"Cannot make the state folder {state} ({err.strerror}).",
-                    "set REPRISE_STATE_DIR to a folder you can write, and rerun.",
-                ) from err
+            make_folder(state, "the state folder", "REPRISE_STATE_DIR")
         if not missing_pins():
             python = sys.executable
         else:

@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reprise import paths, tracking
-from reprise.components import scrub
+from reprise import graph, paths, tracking
 from reprise.errors import RepriseError
 
 
@@ -40,9 +39,6 @@ def run(overrides: Sequence[str] = (), steps: str = "all", cache: bool = True) -
     """Run the pipeline (the project's config with Hydra ``overrides``) in this process; the id
     of the pipeline run. A sweep (-m) is the command line's: `python -m reprise run -m ...`."""
     import mlflow
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from reprise.pipeline import run_pipeline
     from reprise.project_args import steps_override
@@ -57,12 +53,9 @@ def run(overrides: Sequence[str] = (), steps: str = "all", cache: bool = True) -
     # as main.py does: one orchestrator line per step instead of MLflow's command echo
     logging.getLogger("mlflow.projects.backend.local").setLevel(logging.WARNING)
     try:
-        with initialize_config_dir(str(paths.PROJECT_DIR / "config"), version_base="1.3"):
-            cfg = compose("config", overrides=[*overrides, steps_override(steps)])
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
-        # Hydra echoes the override: never its credentials
-        raise ConfigError(scrub(f"{' '.join(str(err).split())}{cause}")) from None
+        cfg = graph.project_config(paths.ROOT, [*overrides, steps_override(steps)])
+    except RepriseError as err:
+        raise ConfigError(err.cause, err.fix) from None
     mlflow.set_experiment(experiment_id=experiment_id)
     try:
         run_pipeline(cfg, run_name="pipeline", source=str(paths.PROJECT_DIR))

@@ -129,18 +129,20 @@ class Pipeline:
 
 
 def project_config(root: Path = paths.ROOT, overrides: Sequence[str] = ()) -> Any:
-    """The project's config as committed (with Hydra ``overrides``), composed by Hydra."""
+    """The project's config as committed (with Hydra ``overrides``), composed by Hydra; a bad
+    override is a RepriseError quoting Hydra, credentials scrubbed (Hydra echoes the override)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(config_dir=str(root / "project" / "config"), version_base="1.3"):
-        try:
-            return compose(config_name="config", overrides=list(overrides))
-        except HydraException as err:
-            raise RepriseError(
-                f"The config does not compose: {' '.join(str(err).split())[:300]}",
-                "check the overrides and project/config/.",
-            ) from None
+    from reprise.components import scrub
+
+    try:
+        with initialize_config_dir(str(root / "project" / "config"), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+        raise RepriseError(scrub(f"{' '.join(str(err).split())}{cause}")) from None
 
 
 def declared(cfg: DictConfig) -> Pipeline:

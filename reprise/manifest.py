@@ -84,7 +84,7 @@ def fetch_origin_tags(root: Path = paths.ROOT) -> None:
     if result.returncode != 0:
         said = " ".join(result.stderr.split())[-300:]
         raise RepriseError(
-            f"Cannot fetch the tags of origin: {redact(said)}",
+            f"Cannot fetch the tags of origin: {redact(said).rstrip('.')}.",
             "check `git remote get-url origin` and that it answers (git ls-remote origin).",
         )
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 import mlflow
 import yaml
 
-from reprise import graph, manifest, owners, paths, tracking, versioning
+from reprise import api, graph, manifest, owners, paths, tracking, versioning
 from reprise.cli import write_line
 from reprise.components import checkout, redact, require_release_pin, split_subdirectory
 from reprise.errors import RepriseError
@@ -42,7 +40,7 @@ def _run_pipeline(project_dir: Path, options: str, failed: str, again: str) -> s
     from mlflow.projects import ExecutionException
 
     experiment_id = tracking.use_defaults()
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    api.use_this_python()
     try:
         submitted = tracking.run_project(
             str(project_dir),

@@ -40,12 +40,17 @@ class Project:
     workspace: Workspace
 
     def reprise(
-        self, *args: str, timeout: int = 900, workspace: Workspace | None = None
+        self,
+        *args: str,
+        timeout: int = 900,
+        workspace: Workspace | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess:
-        """``python -m reprise ARGS`` in the clone: the clone's own reprise package runs."""
+        """``python -m reprise ARGS`` in the clone (or in another checkout ``cwd``): that
+        checkout's own reprise package runs."""
         return subprocess.run(
             [sys.executable, "-m", "reprise", *args],
-            cwd=self.work,
+            cwd=cwd or self.work,
             env=(workspace or self.workspace).env,
             capture_output=True,
             text=True,
@@ -219,14 +224,7 @@ def test_releases_are_read_from_tags_here_and_on_origin(released: Project, tmp_p
     git("clone", "-q", released.url, str(old))
     git("checkout", "-q", "1.0.0", cwd=old)  # its tree holds only releases/1.0.0.yaml
     assert not (old / "releases" / "1.1.0.yaml").exists()
-    listing = subprocess.run(
-        [sys.executable, "-m", "reprise", "releases"],
-        cwd=old,
-        env=released.workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    listing = released.reprise("releases", cwd=old)
     assert listing.returncode == 0, output_of(listing)[-3000:]
     assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == ["1.0.0", "1.1.0"]
 
@@ -235,14 +233,7 @@ def test_releases_are_read_from_tags_here_and_on_origin(released: Project, tmp_p
     assert not git("tag", "--list", cwd=bare)
 
     def reprise(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "reprise", *args],
-            cwd=bare,
-            env=released.workspace.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return released.reprise(*args, cwd=bare)
 
     assert "No releases yet" in reprise("releases").stdout
     remote = reprise("releases", "--remote")
