@@ -173,7 +173,7 @@ def step_parameters(
 
 # Settings of how a run is made, not of what it makes: a release rerun takes them from its command
 # line. Every other setting, and the steps, come from the release's manifest.
-RUN_MODE_KEYS = ("main.release", "main.cache", "main.register", "main.wandb")
+RUN_MODE_KEYS = ("main.release", "main.cache", "main.register", "main.jobs", "main.wandb")
 
 
 def release_config(cfg: DictConfig, release: dict[str, Any]) -> DictConfig:
@@ -268,7 +268,8 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
     if release is not None:
         # before any run starts: other steps or settings are refused, not silently dropped
         cfg = release_config(cfg, release)
-    # a wrong declaration or step selection is refused before any run starts
+    # a wrong declaration, step selection or job count is refused before any run starts
+    jobs = _jobs(cfg.main.get("jobs", 1))
     pipeline = graph.declared(cfg)
     steps = pipeline.names if release is not None else pipeline.select(cfg.main.steps)
     # the steps' temporary files go in a folder this process owns, removed when it is gone
@@ -324,7 +325,6 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
             outputs = Outputs(parent.info.experiment_id, client)
             for other in pipeline.needed_from_earlier_runs(steps):
                 outputs.load_latest(other)  # before any step runs: a missing one fails now
-            jobs = max(1, int(cfg.main.get("jobs", 1) or 1))
             for wave in pipeline.waves(steps) if jobs > 1 else [[s] for s in steps]:
                 planned = [
                     _plan(cfg, pipeline, pipeline.steps[s], components[s], outputs) for s in wave
@@ -353,6 +353,16 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
             _fail_running_children(client, parent.info.experiment_id, parent.info.run_id)
             _log_summary(results)
     return results
+
+
+def _jobs(value: Any) -> int:
+    """main.jobs as a count of steps at once: a whole number from 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RepriseError(
+            f"main.jobs is {str(value)[:50]!r}, not a count of steps to run at once.",
+            "give a whole number from 1 (1: one step after another).",
+        )
+    return value
 
 
 @dataclass

@@ -72,3 +72,12 @@ def test_a_setting_the_release_did_not_have_is_refused() -> None:
     given = OmegaConf.create({**_config(), "extra": {"key": 1}})
     with pytest.raises(RepriseError, match="extra.key=1"):
         release_config(given, RELEASE)
+
+
+@pytest.mark.parametrize("jobs", ["abc", 0, -1, 1.5, True, None, "2; touch x"])
+def test_a_job_count_that_is_not_one_is_refused(jobs: Any) -> None:
+    from reprise.pipeline import _jobs
+
+    with pytest.raises(RepriseError, match="main.jobs is .* not a count of steps"):
+        _jobs(jobs)
+    assert _jobs(2) == 2
