@@ -38,6 +38,7 @@ class Project:
     work: Path
     url: str
     workspace: Workspace
+    today: str = ""  # the commit of this repository that was cloned: today's platform
 
     def reprise(
         self,
@@ -116,12 +117,13 @@ def project(
     base = tmp_path_factory.mktemp("release")
     work = base / "work"
     git("clone", "-q", str(ROOT), str(work))
+    today = git("rev-parse", "HEAD", cwd=work)
     # the platform as it was before pipelines were declared: release 1.0.0 is cut with it
     git("checkout", "-q", "-B", "main", BEFORE_DECLARATIONS, cwd=work)
     git("config", "user.email", "release@reprise.invalid", cwd=work)
     git("config", "user.name", "Reprise release tests", cwd=work)
     env = workspace_env(base)
-    project = Project(work, f"{git_server.url}/reprise.git", Workspace(base, env))
+    project = Project(work, f"{git_server.url}/reprise.git", Workspace(base, env), today)
     project.set_config("config.yaml", pin("0.1.0", components_remote.url))
     project.set_config("etl/default.yaml", lambda etl: etl.update(sample="sample1.parquet"))
     project.commit("Pin the components to 0.1.0 of the served repository")
@@ -143,9 +145,8 @@ def released(project: Project, components_remote: ComponentsRemote) -> Project:
     first = project.reprise("release", "--part", "major")
     assert first.returncode == 0, output_of(first)[-4000:]
     # today's platform and project config; the release history (CHANGELOG, versions) stays
-    today = git("rev-parse", "HEAD", cwd=ROOT)
     kept = ("CHANGELOG.md", "releases", ".bumpversion.cfg", "pyproject.toml", "uv.lock")
-    git("checkout", today, "--", ".", *(f":!{path}" for path in kept), cwd=project.work)
+    git("checkout", project.today, "--", ".", *(f":!{path}" for path in kept), cwd=project.work)
     project.set_config("config.yaml", pin("0.2.0", components_remote.url))
     project.set_config("etl/default.yaml", lambda etl: etl.update(sample="sample1.parquet"))
     use_model("random_forest")(project)
