@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from step_kit import Schema, StepError
+from step_kit.schema import text_column
 
 
 def clean(
@@ -12,6 +13,7 @@ def clean(
     schema: Schema,
     missing_token: str = "?",
     ranges: dict[str, tuple[float, float]] | None = None,
+    drop_duplicates: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Return the clean table (schema columns only, typed) and counts of what was removed."""
     absent = [c for c in schema.columns if c not in raw.columns]
@@ -24,8 +26,9 @@ def clean(
     frame = raw[schema.columns].copy()
     counts["extra_columns_dropped"] = raw.shape[1] - frame.shape[1]
 
+    # categories and labels as text, whatever the source's type: 1, 1.0 and "1" are one category
     for column in [*schema.categorical, schema.target]:
-        text = frame[column].astype("str").str.strip()
+        text = text_column(frame[column])
         missing = text.eq(missing_token) | text.eq("") | frame[column].isna()
         counts[f"missing.{column}"] = int(missing.sum())
         frame[column] = text.mask(missing)
@@ -36,7 +39,9 @@ def clean(
     counts["target_missing_removed"] = int(no_target.sum())
     frame = frame[~no_target]
 
-    duplicated = frame.duplicated()
+    # an ID makes every row distinct: a duplicate is the same values under another ID
+    duplicated = frame.duplicated(subset=[c for c in frame.columns if c != schema.id])
+    duplicated &= drop_duplicates
     counts["duplicates_removed"] = int(duplicated.sum())
     frame = frame[~duplicated]
 
@@ -54,13 +59,24 @@ def clean(
     return frame.reset_index(drop=True), counts
 
 
+# Booleans given as text count as the numbers 1 and 0.
+BOOLEAN_TEXT = {"true": "1", "false": "0"}
+
+
 def _to_number(values: pd.Series, column: str, missing_token: str) -> pd.Series:
-    """Numbers as int64 (float64 where a value is missing); unparseable text is an error."""
-    if pd.api.types.is_numeric_dtype(values):
+    """Numbers as int64 (float64 where a value is missing or a fraction), booleans as 1/0;
+    unparseable text is an error."""
+    if pd.api.types.is_bool_dtype(values):
+        numbers = values.astype("float64")  # a nullable boolean may hold missing values
+    elif pd.api.types.is_numeric_dtype(values):
         numbers = values
     else:
-        text = values.astype("str").str.strip()
-        text = text.mask(text.eq(missing_token) | text.eq(""))
+        text = values.map(
+            lambda v: str(int(v)) if isinstance(v, bool) else str(v), na_action="ignore"
+        )
+        text = text.astype("str").str.strip()
+        text = text.mask(text.eq(missing_token) | text.eq("") | values.isna())
+        text = text.where(~text.str.lower().isin(BOOLEAN_TEXT), text.str.lower().map(BOOLEAN_TEXT))
         numbers = pd.to_numeric(text, errors="coerce")
         bad = numbers.isna() & text.notna()
         if bad.any():

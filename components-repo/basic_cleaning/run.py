@@ -4,7 +4,7 @@ from pathlib import Path
 
 from cleaning import clean
 from step_kit import Schema, Step
-from step_kit.cli import json_param, parse_args
+from step_kit.cli import flag_param, json_param, parse_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -18,6 +18,7 @@ def main() -> None:
             Schema.from_json(args.schema),
             args.missing_token,
             json_param("ranges", args.ranges),
+            flag_param("drop_duplicates", args.drop_duplicates),
         )
         step.log_metrics(counts)
         step.output_table("clean_data", frame, "clean_data.parquet")

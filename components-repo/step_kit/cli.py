@@ -54,3 +54,15 @@ def json_param(name: str, text: str) -> Any:
             f"Parameter '{name}' is not valid JSON ({err.msg} at char {err.pos}): {text[:80]!r}.",
             f"pass '{name}' as a JSON object, as the project's orchestrator builds it from config.",
         ) from None
+
+
+def flag_param(name: str, text: str) -> bool:
+    """A yes/no parameter: true/false (any case; 1/0 too), as a config boolean arrives."""
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise StepError(
+        f"Parameter '{name}' is {text[:40]!r}, not true or false.", f"pass {name}=true or false."
+    )

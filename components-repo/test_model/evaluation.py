@@ -9,6 +9,7 @@ import pandas as pd
 
 from step_kit import Schema, StepError
 from step_kit.findings import Finding
+from step_kit.schema import as_text
 
 
 def invariance(
@@ -26,7 +27,10 @@ def invariance(
     rng = np.random.default_rng(seed)
     jittered = features.copy()
     factor = 1 + rng.uniform(-relative_jitter, relative_jitter, len(features))
-    jittered[column] = np.round(features[column] * factor).astype(features[column].dtype)
+    moved = features[column] * factor  # a missing value stays missing
+    if pd.api.types.is_integer_dtype(features[column]):
+        moved = np.round(moved)
+    jittered[column] = moved.astype(features[column].dtype)
     flipped = float(np.mean(model.predict(features) != model.predict(jittered)))
     return Finding(
         f"invariance.{column}",
@@ -60,26 +64,72 @@ def directional(
     )
 
 
-def cases(model: Any, schema: Schema, written: list[dict[str, Any]]) -> list[Finding]:
-    """Hand-written rows with the label a sensible model must give them."""
+def cases(
+    model: Any, schema: Schema, written: list[dict[str, Any]], like: pd.DataFrame | None = None
+) -> list[Finding]:
+    """Hand-written rows with the label a sensible model must give them. A feature a case leaves
+    out (or gives as null) is missing; each column takes the dtype it has in ``like`` (the test
+    table), so a case is scored as a row of the data is."""
     findings = []
     for case in written:
-        row = pd.DataFrame([case["features"]])[schema.features]
+        given = case.get("features") or {}
+        unknown = sorted(set(given) - set(schema.features))
+        if unknown:
+            raise StepError(
+                f"Behaviour case '{case.get('name')}' names non-features {unknown}.",
+                f"use only the features {schema.features} in evaluation.behaviour.cases.",
+            )
+        row = pd.DataFrame([{c: given.get(c) for c in schema.features}])
         for column in schema.numeric:
-            row[column] = row[column].astype("int64")
+            number = pd.to_numeric(row[column], errors="coerce").astype("float64")
+            dtype = like[column].dtype if like is not None and column in like else None
+            whole = number.notna().all() and (number % 1 == 0).all()
+            row[column] = number.astype("int64") if whole and dtype == "int64" else number
         for column in schema.categorical:
-            row[column] = row[column].astype("str")
-        expected = 1 if case["expected"] == schema.positive_class else 0
+            row[column] = row[column].map(as_text, na_action="ignore").astype("str")
+        expected = 1 if as_text(case["expected"]) == schema.positive_class else 0
         got = int(model.predict(row)[0])
         proba = float(model.predict_proba(row)[0, 1])
+        label = schema.positive_class if got else schema.negative_class
         findings.append(
             Finding(
                 f"case.{case['name']}",
                 got == expected,
-                f"predicted {schema.positive_class if got else 'not ' + schema.positive_class} "
-                f"(P={proba:.3f}), expected {case['expected']}",
+                f"predicted {label} (P={proba:.3f}), expected {as_text(case['expected'])}",
             )
         )
+    return findings
+
+
+def behaviour_tests(
+    model: Any, features: pd.DataFrame, schema: Schema, behaviour: dict[str, Any]
+) -> list[Finding]:
+    """The behaviour tests config group 'evaluation' declares: an invariance (or none), any
+    number of directional tests and of hand-written cases. A data set without a natural
+    invariance or direction declares none."""
+    behaviour = behaviour or {}
+    unknown = sorted(set(behaviour) - {"invariance", "directional", "cases"})
+    if unknown:
+        raise StepError(
+            f"Unknown behaviour tests {unknown}.",
+            "use invariance, directional and cases in evaluation.behaviour.",
+        )
+    findings = []
+    inv = behaviour.get("invariance")
+    if inv:
+        findings.append(
+            invariance(
+                model,
+                features,
+                inv["column"],
+                inv["relative_jitter"],
+                inv["max_flip_share"],
+                inv.get("seed", 0),
+            )
+        )
+    for d in behaviour.get("directional") or []:
+        findings.append(directional(model, features, d["column"], d["delta"], d["expect"]))
+    findings += cases(model, schema, behaviour.get("cases") or [], features)
     return findings
 
 

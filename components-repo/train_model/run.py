@@ -13,6 +13,7 @@ from step_kit.metrics import evaluate
 from step_kit.scoring import predictions
 from training import (
     BASELINES,
+    Preprocess,
     choose_threshold,
     feature_importances,
     fit,
@@ -23,8 +24,8 @@ from training import (
 HERE = Path(__file__).resolve().parent
 
 
-# The clean data has no missing numbers (basic_cleaning makes a column with one float64), so the
-# integer columns of the signature are right; MLflow's hint about them is noise here.
+# A column with a missing number is float64 in the clean data (basic_cleaning makes it so), and the
+# model imputes a number missing later; MLflow's hint about integer columns is noise here.
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
 
 
@@ -36,12 +37,13 @@ def main() -> None:
         given = json_param("hyperparameters", args.hyperparameters)
         hyperparameters = {k: v for k, v in given.items() if k != "name"}
         evaluation = json_param("evaluation", args.evaluation)
+        preprocess = Preprocess.from_dict(json_param("preprocess", args.preprocess))
         threshold_cfg, beta, ks = evaluation["threshold"], evaluation["beta"], evaluation["ks"]
         train = step.input_table(args.train_artifact, args.train_sha256)
         val = step.input_table(args.val_artifact, args.val_sha256)
         mlflow.log_params({f"model.{k}": v for k, v in hyperparameters.items()})
 
-        model = fit(train, schema, args.model_name, hyperparameters)
+        model = fit(train, schema, args.model_name, hyperparameters, preprocess)
         features, target = schema.xy(val)
         choice = choose_threshold(
             model,
@@ -62,7 +64,7 @@ def main() -> None:
         baseline_dir = step.workdir / "baselines"
         baseline_dir.mkdir()
         for name, params in BASELINES.items():
-            baseline = fit(train, schema, name, params)
+            baseline = fit(train, schema, name, params, preprocess)
             baseline_scored = predictions(baseline, features)
             probas[name] = baseline_scored.proba
             scores |= evaluate(
@@ -77,7 +79,7 @@ def main() -> None:
             persist.save(baseline, baseline_dir / f"{name}.skops")
         step.log_metrics(scores)
 
-        labels = ["<=50K", ">50K"] if schema.positive_class == ">50K" else ["negative", "positive"]
+        labels = [schema.negative_class, schema.positive_class]
         step.log_figure(plots.roc_pr_curves(target, probas, "validation"), "val_roc_pr.png")
         step.log_figure(
             plots.confusion_matrix_plot(

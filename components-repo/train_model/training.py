@@ -45,6 +45,7 @@ BASELINES: dict[str, dict[str, Any]] = {
 # Linear models need numbers on one scale; trees split on raw values and need no scaling.
 SCALED = {"logistic_regression"}
 THRESHOLD_STRATEGIES = ("max_f1", "max_fbeta", "recall_at_precision")
+IMPUTATIONS = ("median", "mean", "most_frequent", "constant")
 # At most this many candidate thresholds are scored on validation (quantiles of the scores).
 MAX_THRESHOLDS = 512
 # What loading the model needs. Stated, not inferred: MLflow's inference loads the model in a
@@ -57,9 +58,52 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 
 
-def build_pipeline(schema: Schema, model_name: str, hyperparameters: dict[str, Any]) -> Pipeline:
-    """Imputation + one-hot (unknown categories ignored) for categoricals, numbers as they are
-    (scaled for linear models), then the named estimator with its hyperparameters."""
+@dataclass(frozen=True)
+class Preprocess:
+    """How the inference pipeline prepares numbers (config group 'preprocess'): what a missing
+    number becomes, and whether a 0/1 column says it was missing."""
+
+    numeric_imputation: str = "median"
+    numeric_fill_value: float = 0.0
+    missing_indicator: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Preprocess:
+        """The settings of a config group 'preprocess' mapping; a StepError names a bad one."""
+        known = {"numeric_imputation", "numeric_fill_value", "missing_indicator"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise StepError(f"Unknown preprocess settings {unknown}.", f"use only {sorted(known)}.")
+        settings = cls(**raw)
+        if settings.numeric_imputation not in IMPUTATIONS:
+            raise StepError(
+                f"Unknown numeric imputation '{settings.numeric_imputation}'.",
+                f"set preprocess.numeric_imputation to one of {', '.join(IMPUTATIONS)}.",
+            )
+        fill = settings.numeric_fill_value
+        if isinstance(fill, bool) or not isinstance(fill, int | float) or fill != fill:
+            raise StepError(
+                f"preprocess.numeric_fill_value is {fill!r}, not a number.",
+                "give a number (used by numeric_imputation: constant).",
+            )
+        if not isinstance(settings.missing_indicator, bool):
+            raise StepError(
+                f"preprocess.missing_indicator is {settings.missing_indicator!r}.",
+                "give true or false.",
+            )
+        return settings
+
+
+def build_pipeline(
+    schema: Schema,
+    model_name: str,
+    hyperparameters: dict[str, Any],
+    preprocess: Preprocess | None = None,
+) -> Pipeline:
+    """Imputation + one-hot (unknown categories ignored) for categoricals, imputation of missing
+    numbers (scaled after it for linear models), then the named estimator with its
+    hyperparameters."""
+    preprocess = preprocess or Preprocess()
     if model_name not in ESTIMATORS:
         raise StepError(f"Unknown model '{model_name}'.", f"use one of {sorted(ESTIMATORS)}.")
     estimator_class = ESTIMATORS[model_name]
@@ -76,11 +120,21 @@ def build_pipeline(schema: Schema, model_name: str, hyperparameters: dict[str, A
             ("one_hot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
-    numeric = StandardScaler() if model_name in SCALED else "passthrough"
-    preprocess = ColumnTransformer(
+    # A number missing in training or only later is filled the same way; a column that was
+    # entirely missing in training keeps its place (data_check refuses such a column anyway).
+    impute = SimpleImputer(
+        strategy=preprocess.numeric_imputation,
+        fill_value=float(preprocess.numeric_fill_value),
+        add_indicator=preprocess.missing_indicator,
+        keep_empty_features=True,
+    )
+    numeric_steps: list[tuple[str, Any]] = [("impute", impute)]
+    if model_name in SCALED:
+        numeric_steps.append(("scale", StandardScaler()))
+    preprocess_step = ColumnTransformer(
         [
             ("categorical", categorical, list(schema.categorical)),
-            ("numeric", numeric, list(schema.numeric)),
+            ("numeric", Pipeline(numeric_steps), list(schema.numeric)),
         ],
         verbose_feature_names_out=False,
     )
@@ -92,16 +146,20 @@ def build_pipeline(schema: Schema, model_name: str, hyperparameters: dict[str, A
             f"{model_name} rejects its hyperparameters {hyperparameters}: {err}",
             "correct the values in config group 'model'.",
         ) from None
-    return Pipeline([("preprocess", preprocess), ("classifier", estimator)])
+    return Pipeline([("preprocess", preprocess_step), ("classifier", estimator)])
 
 
 def fit(
-    train: pd.DataFrame, schema: Schema, model_name: str, hyperparameters: dict[str, Any]
+    train: pd.DataFrame,
+    schema: Schema,
+    model_name: str,
+    hyperparameters: dict[str, Any],
+    preprocess: Preprocess | None = None,
 ) -> Pipeline:
     """Build the pipeline and fit it on the train table, the same model whatever the thread count
     (the configured n_jobs is kept: a forest seeds each tree, so its jobs' order does not matter)."""
     features, target = schema.xy(train)
-    pipeline = build_pipeline(schema, model_name, hyperparameters)
+    pipeline = build_pipeline(schema, model_name, hyperparameters, preprocess)
     with fixed_fit_threads():
         return pipeline.fit(features, target)
 

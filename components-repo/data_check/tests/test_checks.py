@@ -25,6 +25,8 @@ def test_clean_full_set_passes_every_check(clean_full, schema, check_config, ref
     names = [r.name for r in results]
     assert names == [
         "schema",
+        "columns",
+        "missing",
         "categories",
         "ranges",
         "row_count",
@@ -35,12 +37,20 @@ def test_clean_full_set_passes_every_check(clean_full, schema, check_config, ref
 
 def test_without_reference_no_drift_check(clean_full, schema, check_config):
     results = run_checks(clean_full, schema, check_config)
-    assert [r.name for r in results] == ["schema", "categories", "ranges", "row_count", "target"]
+    assert [r.name for r in results] == [
+        "schema",
+        "columns",
+        "missing",
+        "categories",
+        "ranges",
+        "row_count",
+        "target",
+    ]
 
 
 def test_check_results_serialise(clean_full, schema, check_config):
     report = [r.as_dict() for r in run_checks(clean_full, schema, check_config)]
-    assert report[3] == {
+    assert report[5] == {
         "name": "row_count",
         "passed": True,
         "detail": f"{len(clean_full)} rows, expected "

@@ -199,3 +199,36 @@ def test_truncated_parquet_is_a_step_error_naming_the_file(tmp_path):
 def test_missing_file_is_a_step_error_naming_the_file(tmp_path):
     with pytest.raises(StepError, match=re.escape(f"Data file {tmp_path / 'x.parquet'} does not")):
         read_table(tmp_path / "x.parquet")
+
+
+# --- a file an installed package ships ----------------------------------------------------------
+def test_a_package_file_is_copied_without_importing_the_package(tmp_path):
+    import importlib.util
+    import sys
+
+    # scikit-learn (a dependency of every component) ships the iris table as a CSV
+    origin = Path(importlib.util.find_spec("sklearn").origin).parent / "datasets/data/iris.csv"
+    imported = "sklearn" in sys.modules
+    path = fetch("package://sklearn/datasets/data/iris.csv", tmp_path)
+    assert path == tmp_path / "iris.csv"
+    assert sha256_file(path) == sha256_file(origin)
+    assert ("sklearn" in sys.modules) == imported
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("package://no_such_package_13/x.csv", "no package 'no_such_package_13' is installed"),
+        ("package://sklearn/datasets/data/none.csv", "package 'sklearn' has no file"),
+        ("package://sklearn/../../../../etc/passwd", "package 'sklearn' has no file"),
+        ("package://sklearn/datasets", "package 'sklearn' has no file"),
+        ("package://sklearn", "names no file of a package"),
+        ("package://not-a-name/x.csv", "names no file of a package"),
+    ],
+)
+def test_a_package_source_that_names_no_shipped_file_is_refused(tmp_path, source, message):
+    with pytest.raises(StepError) as caught:
+        fetch(source, tmp_path)
+    assert message in str(caught.value)
+    assert "package://<installed package>/<path of a file inside it>" in str(caught.value)
+    assert not any(tmp_path.iterdir())

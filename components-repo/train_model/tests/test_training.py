@@ -99,7 +99,7 @@ def test_logistic_regression_baseline_scales_numerics(schema, splits):
     features, _ = schema.xy(splits["train"])
     pipeline = build_pipeline(schema, "logistic_regression", BASELINES["logistic_regression"])
     numeric = dict((n, t) for n, t, _ in pipeline.named_steps["preprocess"].transformers)
-    assert isinstance(numeric["numeric"], StandardScaler)
+    assert isinstance(numeric["numeric"].steps[-1][1], StandardScaler)
     block = _numeric_block(pipeline, features, schema)
     np.testing.assert_allclose(block.mean(axis=0), 0, atol=1e-9)
     np.testing.assert_allclose(block.std(axis=0), 1, atol=1e-9)
@@ -110,8 +110,8 @@ def test_tree_pipelines_pass_numerics_unscaled(schema, splits, model_options, op
     features, _ = schema.xy(splits["train"].head(2000))
     name, hyperparameters = model_options[option]
     pipeline = build_pipeline(schema, name, hyperparameters)
-    transformers = pipeline.named_steps["preprocess"].transformers
-    assert not any(isinstance(t, StandardScaler) for _, t, _ in transformers)
+    numeric = dict((n, t) for n, t, _ in pipeline.named_steps["preprocess"].transformers)
+    assert not any(isinstance(step, StandardScaler) for _, step in numeric["numeric"].steps)
     block = _numeric_block(pipeline, features, schema)
     np.testing.assert_array_equal(block, features[list(schema.numeric)].to_numpy())
 
