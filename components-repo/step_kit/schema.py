@@ -85,6 +85,23 @@ class Schema:
                 f"The schema parameter lacks the keys {sorted(missing)}.",
                 "give numeric, categorical, target and positive_class.",
             )
+        for key in ("numeric", "categorical"):
+            names = raw[key] or []
+            if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+                raise StepError(
+                    f"data.{key} is {names!r}, not a list of column names.",
+                    f"give data.{key} as a list, e.g. [{'age' if key == 'numeric' else 'sex'}].",
+                )
+        for key in ("target", "id"):
+            if raw.get(key) is not None and not (isinstance(raw[key], str) and raw[key]):
+                raise StepError(
+                    f"data.{key} is {raw[key]!r}, not a column name.", "name one column."
+                )
+        if raw["positive_class"] is None or raw["target"] is None:
+            raise StepError(
+                "Config group 'data' gives no target or no positive_class.",
+                "name the target column and the label that counts as positive (e.g. 1, true, yes).",
+            )
         numeric, categorical = tuple(raw["numeric"] or ()), tuple(raw["categorical"] or ())
         target, id_column = raw["target"], raw.get("id") or None
         roles = [*numeric, *categorical, target, *([id_column] if id_column else [])]

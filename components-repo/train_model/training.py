@@ -3,6 +3,7 @@ chosen on validation, and what the model learned."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
@@ -81,9 +82,9 @@ class Preprocess:
                 f"set preprocess.numeric_imputation to one of {', '.join(IMPUTATIONS)}.",
             )
         fill = settings.numeric_fill_value
-        if isinstance(fill, bool) or not isinstance(fill, int | float) or fill != fill:
+        if isinstance(fill, bool) or not isinstance(fill, int | float) or not math.isfinite(fill):
             raise StepError(
-                f"preprocess.numeric_fill_value is {fill!r}, not a number.",
+                f"preprocess.numeric_fill_value is {fill!r}, not a finite number.",
                 "give a number (used by numeric_imputation: constant).",
             )
         if not isinstance(settings.missing_indicator, bool):

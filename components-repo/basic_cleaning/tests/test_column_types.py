@@ -122,11 +122,16 @@ def test_duplicates_may_be_kept():
         ({"numeric": ["x"], "categorical": ["x"], "target": "y"}, "more than one role"),
         ({"numeric": ["x"], "target": "y", "id": "y"}, "more than one role"),
         ({"target": "y"}, "names no feature"),
+        ({"numeric": "age", "target": "y"}, "data.numeric is 'age', not a list of column names"),
+        ({"categorical": [1], "target": "y"}, "data.categorical is [1], not a list"),
+        ({"numeric": ["x"], "target": ["y"]}, "data.target is ['y'], not a column name"),
+        ({"numeric": ["x"], "target": "y", "positive_class": None}, "no positive_class"),
     ],
 )
 def test_a_schema_with_overlapping_or_no_roles_is_refused(roles, message):
-    with pytest.raises(StepError, match=message):
-        schema_of(positive_class="a", **roles)
+    with pytest.raises(StepError) as caught:
+        schema_of(**{"positive_class": "a", **roles})
+    assert message in str(caught.value)
 
 
 def test_text_in_a_numeric_column_names_the_column_and_examples():

@@ -93,8 +93,10 @@ def test_a_number_missing_only_after_training_is_filled_too(splits, schema):
     ("raw", "message"),
     [
         ({"numeric_imputation": "zero"}, "Unknown numeric imputation 'zero'"),
-        ({"numeric_fill_value": "x"}, "numeric_fill_value is 'x', not a number"),
-        ({"numeric_fill_value": True}, "numeric_fill_value is True, not a number"),
+        ({"numeric_fill_value": "x"}, "numeric_fill_value is 'x', not a finite number"),
+        ({"numeric_fill_value": True}, "numeric_fill_value is True, not a finite number"),
+        ({"numeric_fill_value": float("inf")}, "numeric_fill_value is inf, not a finite number"),
+        ({"numeric_fill_value": float("nan")}, "numeric_fill_value is nan, not a finite number"),
         ({"missing_indicator": "yes"}, "missing_indicator is 'yes'"),
         ({"impute": "median"}, "Unknown preprocess settings ['impute']"),
     ],
