@@ -191,8 +191,11 @@ def test_synthetic_rows_are_seeded_and_reach_every_kind_of_value(tree, kinds, ha
         assert values.isna().any() and (values == UNSEEN).any()
         assert set(values.dropna()) - {UNSEEN} <= set(spec.categories)
     for k, spec in enumerate(scorer.numeric):
-        dtype = np.int64 if kinds[spec.column] == "integer" else np.float64
+        # a column the model imputes is also missing (NaN, so float64) in some rows
+        imputed = spec.column in scorer.imputed
+        dtype = np.int64 if kinds[spec.column] == "integer" and not imputed else np.float64
         assert rows[spec.column].dtype == dtype
+        assert rows[spec.column].isna().any() == imputed
         thresholds = scorer.trees.threshold[scorer.trees.feature == k]
         if len(thresholds):  # on both sides of the splits
             assert (rows[spec.column] <= thresholds.min()).any()

@@ -512,8 +512,11 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-def check_and_type(served: ServedModel, frame: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
-    """(reason per row, "" for a good one; the good rows typed as the model was trained)."""
+def check_and_type(
+    served: ServedModel, frame: pd.DataFrame, impute: bool = True
+) -> tuple[pd.Series, pd.DataFrame]:
+    """(reason per row, "" for a good one; the good rows typed as the model was trained); with
+    ``impute`` off a missing number is a bad row even where the model imputes it."""
     # ServedModel.bad_rows decides; it runs only when a vectorised look finds a possibly bad
     # value (a chunk of clean rows skips its per-value checks, the slow part)
     numbers = {
@@ -521,11 +524,12 @@ def check_and_type(served: ServedModel, frame: pd.DataFrame) -> tuple[pd.Series,
         for c, kind in served.columns.items()
         if kind != "string" and not pd.api.types.is_numeric_dtype(frame[c])
     }
-    if _surely_good(served.columns, frame, numbers):
+    imputed = served.imputed if impute else frozenset()
+    if _surely_good(served.columns, frame, numbers, imputed):
         reasons = pd.Series("", index=frame.index, dtype=object)
         good = frame
     else:
-        reasons = served.bad_rows(frame)
+        reasons = served.bad_rows(frame, impute)
         keep = (reasons == "").to_numpy()
         good = frame.loc[keep]
         numbers = {c: values.loc[keep] for c, values in numbers.items()}
@@ -533,27 +537,35 @@ def check_and_type(served: ServedModel, frame: pd.DataFrame) -> tuple[pd.Series,
 
 
 def _surely_good(
-    columns: dict[str, str], frame: pd.DataFrame, numbers: dict[str, pd.Series]
+    columns: dict[str, str],
+    frame: pd.DataFrame,
+    numbers: dict[str, pd.Series],
+    imputed: frozenset[str] = frozenset(),
 ) -> bool:
-    """True only when ServedModel.bad_rows would find no bad row in ``frame``."""
+    """True only when ServedModel.bad_rows would find no bad row in ``frame`` (``imputed``: the
+    number columns where a missing value is good)."""
     # text columns of a string dtype hold text or missing, nothing else; numbers pass the rule
-    # of the row checks (present, finite, integers held exactly by an int64)
-    from reprise.serving.model import unfit_numbers
+    # of the row checks (present unless imputed, finite, integers held exactly by an int64)
+    from reprise.serving.model import refused_numbers
 
     for column, kind in columns.items():
         if kind == "string":
             if not isinstance(frame[column].dtype, pd.StringDtype):
                 return False
             continue
-        if unfit_numbers(numbers.get(column, frame[column]), kind).any():
+        parsed = numbers.get(column, frame[column])
+        if refused_numbers(frame[column], parsed, kind, column in imputed).any():
             return False
     return True
 
 
-def _arrow_clean(columns: dict[str, str], table: pa.Table) -> bool:
+def _arrow_clean(
+    columns: dict[str, str], table: pa.Table, imputed: frozenset[str] = frozenset()
+) -> bool:
     """True only when every row of ``table`` is good (ServedModel.bad_rows would find no bad
     row) and its numbers read as the model's dtypes would give them: text columns of text, number
-    columns of integers an int64 holds (or floats for 'number'), none missing or not finite."""
+    columns of integers an int64 holds (or floats for 'number'), all finite, none missing but
+    nulls of the ``imputed`` columns (a NaN takes the checked path: in a CSV it was text)."""
     import pyarrow.compute as pc
 
     for column, kind in columns.items():
@@ -567,7 +579,7 @@ def _arrow_clean(columns: dict[str, str], table: pa.Table) -> bool:
         )
         floating = kind == "number" and pa.types.is_floating(kind_of)
         values = table.column(column)
-        if not (whole or floating) or values.null_count:
+        if not (whole or floating) or (values.null_count and column not in imputed):
             return False
         if floating and not pc.all(pc.is_finite(values)).as_py():
             return False
@@ -596,7 +608,7 @@ def score_table(served: ServedModel, table: pa.Table, stop_on_bad: bool = False)
     path reads it and no row can be bad, else through pandas and the row checks."""
     scorer = served.scorer
     numbers = _numbers_from_text(served.columns, table) if scorer is not None else table
-    if scorer is None or not _arrow_clean(served.columns, numbers):
+    if scorer is None or not _arrow_clean(served.columns, numbers, served.imputed):
         return score_frame(served, _decoded(table).to_pandas(), stop_on_bad)
     table = numbers
     # compiled trees hold no matrix per row; scikit-learn's estimators get a bounded one
@@ -1078,7 +1090,9 @@ def _spark_prepare(uri: str, meta: dict[str, Any], columns: dict[str, str]) -> A
         served = _executor_model(uri, meta)
         for frame in batches:
             frame = frame.reset_index(drop=True)
-            reasons, typed = check_and_type(served, frame)
+            # a missing number stays a bad row here: the label's spark_udf reads integer
+            # columns as int64, which holds no missing value
+            reasons, typed = check_and_type(served, frame, impute=False)
             good = (reasons == "").to_numpy()
             out = pd.DataFrame({REASON: reasons.to_numpy(dtype=object)})
             probability = np.full(len(frame), np.nan)

@@ -1,11 +1,13 @@
 """The fast path of the inference pipeline.
 
-The fitted ColumnTransformer (imputation + one-hot for categoricals, numbers as they are or
-scaled) is compiled to array lookups: each categorical value becomes its position among the
-encoder's categories, each number its (scaled) value. Decision trees and random forests are then
-compiled too, onto those codes and numbers: a split on a one-hot column tests "code == category",
-a split on a number tests the float32 value against the threshold, exactly as scikit-learn's
-trees do. Such a model is plain numpy arrays: saved to an .npz file and loaded back with neither
+The fitted ColumnTransformer (imputation + one-hot for categoricals; numbers as they are, or
+imputed, with or without a 0/1 column saying a number was missing, and scaled) is compiled to
+array lookups: each categorical value becomes its position among the encoder's categories, each
+number its (imputed, scaled) value, each missing-indicator column 1.0 where its number is
+missing (then scaled too). Decision trees and random forests are then compiled too, onto those
+codes and numbers: a split on a one-hot column tests "code == category", a split on a number (or
+an indicator) tests the float32 value against the threshold, exactly as scikit-learn's trees do.
+Such a model is plain numpy arrays: saved to an .npz file and loaded back with neither
 scikit-learn nor MLflow imported (seconds of start-up saved on every batch command). Any other
 estimator (gradient boosting, a linear model) keeps its own predict_proba, fed the float64
 one-hot matrix ColumnTransformer would give. Either way the probabilities are scikit-learn's.
@@ -35,7 +37,9 @@ SMALL_BATCH = 64
 # Trees are walked node by node (one numpy call per node): above this many nodes in all,
 # scikit-learn's compiled predict_proba is the faster way.
 MAX_COMPILED_NODES = 50_000
-FORMAT = 1  # of the saved file; a file of another format is not read
+# Of the saved file; a file of another format is not read (it is compiled again). 2: numbers
+# carry the imputer's fill value and missing-indicator inputs.
+FORMAT = 2
 # A saved scorer's sha256 is kept in a file of its own beside it, written after it: a scorer whose
 # digest file is missing, unreadable or different is not read (so it is compiled again).
 DIGEST_SUFFIX = ".sha256"
@@ -44,6 +48,7 @@ DIGEST_SUFFIX = ".sha256"
 CHECK_ROWS = 256
 CHECK_SEED = 0
 CHECK_TOLERANCE = 1e-9
+MISSING_SHARE = 0.1  # of the synthetic values of a column the model imputes
 UNSEEN = "<a category the model never saw>"
 
 
@@ -68,7 +73,7 @@ class _Categorical:
         if n <= SMALL_BATCH:
             fill_code = self.fill_code
             return np.array(
-                [fill_code if _is_missing(v) else self.lookup.get(v, -1) for v in values],
+                [fill_code if is_missing(v) else self.lookup.get(v, -1) for v in values],
                 dtype=np.int64,
             )
         series = pd.Series(values, copy=False)
@@ -98,9 +103,16 @@ class _Numeric:
     position: int  # output column
     mean: float | None  # StandardScaler's mean_, None when passed through
     scale: float | None
+    fill: float | None = None  # the imputer's statistic for a missing number; None without one
+    indicator: bool = False  # this output is SimpleImputer's missing indicator of the column
 
     def values(self, raw: Any) -> np.ndarray:
+        """The output column of these raw numbers (None or NaN where missing)."""
         values = np.asarray(raw, dtype=np.float64)
+        if self.indicator:
+            values = np.isnan(values).astype(np.float64)
+        elif self.fill is not None:
+            values = np.where(np.isnan(values), self.fill, values)
         if self.mean is not None:
             values = values - self.mean
         if self.scale is not None:
@@ -117,7 +129,8 @@ def _passes_through(step: Any) -> bool:
     )
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """Whether one value is missing: None or a float NaN."""
     return value is None or (isinstance(value, float) and value != value)
 
 
@@ -125,8 +138,8 @@ def _is_missing(value: Any) -> bool:
 class _Trees:
     """Decision trees over the raw inputs, all nodes of all trees in one set of arrays.
 
-    Input ``k`` is the k-th numeric column for k < n_numeric, else the codes of categorical
-    column k - n_numeric. A node goes left when ``x <= threshold``, where x is the float32
+    Input ``k`` is the k-th numeric input (a number, or a missing indicator) for k < n_numeric,
+    else the codes of categorical column k - n_numeric. A node goes left when ``x <= threshold``, where x is the float32
     value of a number, or 1.0/0.0 for "the code is this node's category" (its one-hot column).
     The probability of the positive class is the mean over trees of their leaves' fractions.
     """
@@ -272,7 +285,6 @@ class FastScorer:
         Pipeline; NotCompilable when it holds a step this module does not know."""
         from sklearn.model_selection import FixedThresholdClassifier
         from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import StandardScaler
 
         at_threshold = isinstance(model, FixedThresholdClassifier)
         if at_threshold:
@@ -292,13 +304,12 @@ class FastScorer:
                 if step != "drop":
                     raise NotCompilable("a remainder that is not dropped")
                 continue
-            if _passes_through(step) or isinstance(step, StandardScaler):
-                scaler = step if isinstance(step, StandardScaler) else None
-                for i, column in enumerate(columns):
-                    mean = None if scaler is None or scaler.mean_ is None else scaler.mean_[i]
-                    scale = None if scaler is None or scaler.scale_ is None else scaler.scale_[i]
-                    numeric.append(_Numeric(column, position, mean, scale))
-                    position += 1
+            if len(columns) == 0:  # ColumnTransformer leaves such a branch unfitted and empty
+                continue
+            if not _is_categorical(step):
+                specs = _numeric_specs(step, list(columns), position)
+                numeric += specs
+                position += len(specs)
                 continue
             imputer, encoder = _categorical_steps(step)
             for i, column in enumerate(columns):
@@ -338,7 +349,9 @@ class FastScorer:
             "threshold": self.threshold,
             "at_threshold": self.at_threshold,
             "width": self.width,
-            "numeric": [[s.column, s.position, s.mean, s.scale] for s in self.numeric],
+            "numeric": [
+                [s.column, s.position, s.mean, s.scale, s.fill, s.indicator] for s in self.numeric
+            ],
             "categorical": [[s.column, s.offset, s.fill] for s in self.categorical],
             "extra": extra,
         }
@@ -371,7 +384,7 @@ class FastScorer:
             header = json.loads(str(saved["header"]))
             if header.get("format") != FORMAT:
                 raise ValueError(f"{path}: format {header.get('format')}, not {FORMAT}")
-            numeric = [_Numeric(c, p, m, s) for c, p, m, s in header["numeric"]]
+            numeric = [_Numeric(*spec) for spec in header["numeric"]]
             categorical = []
             for k, (column, offset, fill) in enumerate(header["categorical"]):
                 categories = pd.Index(saved[f"categories_{k}"].tolist(), dtype=object)
@@ -395,7 +408,12 @@ class FastScorer:
     @property
     def columns(self) -> list[str]:
         """The input columns the model reads."""
-        return [c.column for c in self.numeric] + [c.column for c in self.categorical]
+        return list(dict.fromkeys(c.column for c in [*self.numeric, *self.categorical]))
+
+    @property
+    def imputed(self) -> frozenset[str]:
+        """The numeric columns whose missing values the model fills (so may be scored)."""
+        return frozenset(s.column for s in self.numeric if s.fill is not None)
 
     def _inputs(self, rows: pd.DataFrame | Mapping[str, Sequence[Any]]) -> list[np.ndarray]:
         """Numbers (scaled) then category codes, one array per column."""
@@ -405,7 +423,8 @@ class FastScorer:
         return numbers + [spec.codes(rows[spec.column], n) for spec in self.categorical]
 
     def _inputs_arrow(self, table: pa.Table) -> list[np.ndarray]:
-        """As ``_inputs``, from an Arrow table whose numbers have no missing value."""
+        """As ``_inputs``, from an Arrow table (a null number is NaN, filled as the imputer
+        fills it)."""
         numbers = [spec.values(table.column(spec.column).to_numpy()) for spec in self.numeric]
         return numbers + [spec.codes_arrow(table.column(spec.column)) for spec in self.categorical]
 
@@ -455,9 +474,11 @@ class FastScorer:
         """``n`` seeded rows of the columns ``kinds`` names ("integer" | "number" | "string"),
         numbers as int64 or float64 and text as objects (None where missing):
         each category the scorer knows, missing and unseen ones; numbers at, next to and between
-        the thresholds its trees split at (else around its scaler's mean, or the example's)."""
+        the thresholds its trees split at (else around its scaler's mean, or the example's), and
+        missing (NaN, so float64) in a column the model imputes."""
         rng = np.random.default_rng(seed)
-        numeric = {spec.column: k for k, spec in enumerate(self.numeric)}
+        numeric = {spec.column: k for k, spec in enumerate(self.numeric) if not spec.indicator}
+        imputed = self.imputed
         categorical = {spec.column: spec for spec in self.categorical}
         out: dict[str, Any] = {}
         for column, kind in kinds.items():
@@ -469,13 +490,18 @@ class FastScorer:
             elif column in numeric:
                 anchors = self._anchors(numeric[column], example, column)
                 out[column] = _around(anchors, kind, n, rng)
+                if column in imputed:
+                    out[column] = np.where(rng.random(n) < MISSING_SHARE, np.nan, out[column])
             elif example is not None and column in example and len(example):
                 out[column] = rng.choice(example[column].to_numpy(dtype=object), size=n)
             else:
                 out[column] = np.full(n, "" if kind == "string" else 0, dtype=object)
         dtypes = {"integer": np.int64, "number": np.float64}
         return pd.DataFrame(
-            {c: np.asarray(v, dtype=dtypes.get(kinds[c], object)) for c, v in out.items()}
+            {
+                c: np.asarray(v, dtype=np.float64 if c in imputed else dtypes.get(kinds[c], object))
+                for c, v in out.items()
+            }
         )
 
     def _anchors(self, k: int, example: pd.DataFrame | None, column: str) -> np.ndarray:
@@ -580,3 +606,72 @@ def _categorical_steps(step: Any) -> tuple[Any, Any]:
     if encoder.handle_unknown != "ignore" or encoder.drop is not None:
         raise NotCompilable("a one-hot encoder that does not ignore unknowns or drops one")
     return imputer, encoder
+
+
+def _is_categorical(step: Any) -> bool:
+    """Whether a ColumnTransformer branch ends in a one-hot encoder (the categorical branch)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    last = step.steps[-1][1] if isinstance(step, Pipeline) and step.steps else step
+    return isinstance(last, OneHotEncoder)
+
+
+def _numeric_steps(step: Any) -> tuple[Any, Any]:
+    """(SimpleImputer or None, StandardScaler or None) of a numeric branch the fast path knows:
+    'passthrough', a scaler, an imputer, or a Pipeline of an imputer then a scaler."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if _passes_through(step):
+        return None, None
+    steps = [s for _, s in step.steps] if isinstance(step, Pipeline) else [step]
+    steps = [s for s in steps if not (s is None or _passes_through(s))]
+    imputer = steps.pop(0) if steps and isinstance(steps[0], SimpleImputer) else None
+    scaler = steps.pop(0) if steps and isinstance(steps[0], StandardScaler) else None
+    if steps:
+        raise NotCompilable(f"numeric step {step!r}")
+    if imputer is not None:
+        statistics = np.asarray(imputer.statistics_, dtype=np.float64)
+        # a NaN statistic drops its column (keep_empty_features off): positions would shift
+        if not is_missing(imputer.missing_values) or not np.isfinite(statistics).all():
+            raise NotCompilable("an imputer of numbers that is not NaN -> a finite statistic")
+    return imputer, scaler
+
+
+def _numeric_specs(step: Any, columns: list[str], position: int) -> list[_Numeric]:
+    """The outputs of a numeric branch from ``position`` on: its columns (imputed), then the
+    imputer's indicator columns, each scaled when a scaler follows, as scikit-learn orders them."""
+    imputer, scaler = _numeric_steps(step)
+    outputs = [(i, False) for i in range(len(columns))]
+    if imputer is not None and imputer.add_indicator:
+        outputs += [(int(i), True) for i in imputer.indicator_.features_]
+    if scaler is not None and scaler.n_features_in_ != len(outputs):
+        raise NotCompilable("a scaler of another width than the numbers it follows")
+    specs = []
+    for j, (i, indicator) in enumerate(outputs):
+        mean = None if scaler is None or scaler.mean_ is None else float(scaler.mean_[j])
+        scale = None if scaler is None or scaler.scale_ is None else float(scaler.scale_[j])
+        fill = None if imputer is None or indicator else float(imputer.statistics_[i])
+        specs.append(_Numeric(columns[i], position + j, mean, scale, fill, indicator))
+    return specs
+
+
+def imputed_columns(model: Any) -> frozenset[str]:
+    """The numeric columns whose missing values a fitted [FixedThresholdClassifier of a]
+    preprocess + classifier pipeline fills first thing (a SimpleImputer of NaN, whatever
+    follows it); none for a pipeline of another shape."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    pipeline = getattr(model, "estimator", model)
+    preprocess = getattr(pipeline, "named_steps", {}).get("preprocess")
+    found: set[str] = set()
+    for _, step, columns in getattr(preprocess, "transformers_", []):
+        if len(columns) == 0 or isinstance(step, str) or _is_categorical(step):
+            continue
+        first = step.steps[0][1] if isinstance(step, Pipeline) and step.steps else step
+        if isinstance(first, SimpleImputer) and is_missing(first.missing_values):
+            found.update(columns)
+    return frozenset(found)

@@ -17,6 +17,7 @@ import logging
 import math
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,15 @@ class ServedModel:
         proba = self.model.predict_proba(frame)[:, 1]
         return proba, np.asarray(self.model.predict(frame), dtype=np.int64)
 
+    @cached_property
+    def imputed(self) -> frozenset[str]:
+        """The number columns whose missing values the model fills: there a missing number
+        (null, NaN) is scored, elsewhere refused. Asked of the scorer when there is one (a
+        loaded scorer has no scikit-learn model), else of the scikit-learn pipeline."""
+        scorer = self.scorer
+        found = scorer.imputed if scorer is not None else fast.imputed_columns(self.model)
+        return frozenset(c for c in found if self.columns.get(c) in ("integer", "number"))
+
     def describe(self) -> dict[str, Any]:
         return {
             "model_uri": self.uri,
@@ -102,6 +112,7 @@ class ServedModel:
             raise InputError("no rows given")
         kinds = self.columns
         names = kinds.keys()
+        imputed = self.imputed
         out: dict[str, list[Any]] = {column: [] for column in kinds}
         for i, record in enumerate(records):
             if not isinstance(record, dict):
@@ -120,7 +131,7 @@ class ServedModel:
                     (kind_of is str or value is None)
                     if kind == "string"
                     else (kind_of is int and -INT64 <= value < INT64)
-                ):
+                ) and not (column in imputed and fast.is_missing(value)):
                     problem = value_problem(value, kind)
                     if problem:
                         raise InputError(problem, column, row=i)
@@ -128,21 +139,24 @@ class ServedModel:
         return out
 
     def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The model's columns in signature order, with the dtypes training gave them."""
+        """The model's columns in signature order, with the dtypes training gave them (an
+        integer column missing a value as float64, NaN where missing)."""
         out = {}
         for column, kind in self.columns.items():
             values = frame[column]
             if kind == "string":
                 out[column] = values.astype("str").where(values.notna())
-            elif kind == "integer":
+            elif kind == "integer" and not (column in self.imputed and values.isna().any()):
                 out[column] = values.astype("int64")
             else:
                 out[column] = values.astype("float64")
         return pd.DataFrame(out)
 
-    def bad_rows(self, frame: pd.DataFrame) -> pd.Series:
-        """Per row, the reason it cannot be scored ("" for a good row), checked column-wise."""
+    def bad_rows(self, frame: pd.DataFrame, impute: bool = True) -> pd.Series:
+        """Per row, the reason it cannot be scored ("" for a good row), checked column-wise;
+        with ``impute`` off a missing number is refused in every column."""
         reasons = pd.Series("", index=frame.index, dtype=object)
+        imputed = self.imputed if impute else frozenset()
         for column, kind in self.columns.items():
             values = frame[column]
             if kind == "string":
@@ -150,7 +164,8 @@ class ServedModel:
                 bad = values.notna() & ~values.map(lambda v: isinstance(v, str))
             else:
                 numbers = pd.to_numeric(values, errors="coerce")
-                bad = pd.Series(unfit_numbers(numbers, kind), index=frame.index)
+                refused = refused_numbers(values, numbers, kind, column in imputed)
+                bad = pd.Series(refused, index=frame.index)
             first = bad & (reasons == "")
             reasons[first] = [
                 f"{column}: {_file_value_problem(v, n, kind)}"
@@ -174,6 +189,16 @@ def unfit_numbers(numbers: Any, kind: str) -> np.ndarray:
         values = pd.to_numeric(pd.Series(values.ravel()), errors="coerce").to_numpy(np.float64)
     with np.errstate(invalid="ignore"):  # inf % 1 is NaN, as it should be here
         return ~_fit_floats(values, kind)
+
+
+def refused_numbers(values: Any, numbers: Any, kind: str, imputes: bool) -> np.ndarray:
+    """Per value of a number column, whether the row checks refuse it: ``unfit_numbers`` of
+    ``numbers`` (its parse), except a missing value (None, NaN) where the model ``imputes``
+    the column (text that parses to no number stays refused)."""
+    refused = unfit_numbers(numbers, kind)
+    if imputes:
+        refused &= ~np.asarray(pd.isna(values), dtype=bool)
+    return refused
 
 
 def _fit_floats(values: Any, kind: str) -> Any:

@@ -764,16 +764,25 @@ def _scoring_responses(ok: dict[str, Any], example: dict[str, Any]) -> dict[int 
     }
 
 
-def _column_schema(kind: str) -> dict[str, Any]:
+def _column_schema(kind: str, imputed: bool = False) -> dict[str, Any]:
+    """A column's values; null too for text, and for a number the model imputes."""
     if kind == "string":
         return {"type": ["string", "null"]}
     if kind == "integer":  # held as int64
         return {
-            "type": "integer",
+            "type": ["integer", "null"] if imputed else "integer",
             "minimum": -served_model.INT64,
             "maximum": served_model.INT64 - 1,
         }
-    return {"type": "number"}
+    return {"type": ["number", "null"] if imputed else "number"}
+
+
+def _columns_schemas(served: ServedModel) -> dict[str, dict[str, Any]]:
+    """Each input column's schema, in signature order."""
+    return {
+        column: _column_schema(kind, column in served.imputed)
+        for column, kind in served.columns.items()
+    }
 
 
 def _row_schema(served: ServedModel | None) -> dict[str, Any]:
@@ -781,7 +790,7 @@ def _row_schema(served: ServedModel | None) -> dict[str, Any]:
         return {"type": "object", "description": "A row: column -> value (see GET /version)."}
     return {
         "type": "object",
-        "properties": {column: _column_schema(kind) for column, kind in served.columns.items()},
+        "properties": _columns_schemas(served),
         "required": list(served.columns),
         "additionalProperties": False,
     }
@@ -802,7 +811,10 @@ def _csv_schema(served: ServedModel | None, max_rows: int) -> dict[str, Any]:
     if served is None:
         return {"type": "string", "minLength": 1}
     header = ",".join(re.escape(column) for column in served.columns)
-    line = ",".join(CSV_FIELDS[kind] for kind in served.columns.values())
+    line = ",".join(
+        f"({CSV_FIELDS[kind]})?" if column in served.imputed else CSV_FIELDS[kind]
+        for column, kind in served.columns.items()
+    )
     return {"type": "string", "pattern": f"^{header}\n({line}\n){{1,{max_rows}}}$"}
 
 
@@ -822,7 +834,7 @@ def _invocations_schema(served: ServedModel | None, rows: dict[str, Any]) -> dic
                     **rows,
                     "items": {
                         "type": "array",
-                        "prefixItems": [_column_schema(served.columns[c]) for c in names],
+                        "prefixItems": list(_columns_schemas(served).values()),
                         "items": False,
                         "minItems": len(names),
                     },
