@@ -13,8 +13,6 @@ TOOLS_STAMP := $(TOOLS)/.uv-$(UV_VERSION)-bump2version-$(BUMP2VERSION_VERSION)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
-# Every folder of components-repo/ with an MLproject: a new component is locked too.
-COMPONENTS := $(sort $(patsubst components-repo/%/MLproject,%,$(wildcard components-repo/*/MLproject)))
 
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
@@ -118,13 +116,14 @@ format: setup ## Rewrite the code in the project's style (ruff)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# components-repo/ locks itself (its uv.lock, then its components' requirements.txt), as it does
+# in a clone of its own.
 lock: $(TOOLS_STAMP) ## Re-resolve uv.lock and every requirements.txt after a change of pins
 	$(UV) lock
 	$(UV) export --frozen --no-hashes --no-dev --no-emit-project -q -o $(TOOLS)/constraints.txt
-	for dir in project $(addprefix components-repo/,$(COMPONENTS)); do \
-	  (cd $$dir && $(CURDIR)/$(UV) pip compile -q requirements.in -c $(CURDIR)/$(TOOLS)/constraints.txt \
-	    -o requirements.txt --python-version 3.11 --no-header --no-annotate) || exit 1; \
-	done
+	cd project && $(CURDIR)/$(UV) pip compile -q requirements.in -c $(CURDIR)/$(TOOLS)/constraints.txt \
+	  -o requirements.txt --python-version 3.11 --no-header --no-annotate
+	$(MAKE) -C components-repo lock
 
 .PHONY: graph
 graph: setup ## Print the pipeline the project declares (MERMAID=1: as a Mermaid flowchart)

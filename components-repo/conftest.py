@@ -1,8 +1,10 @@
-"""Shared fixtures of the component tests: the project's config groups and the bundled data.
+"""Shared fixtures of the component tests: a pipeline's config groups and the bundled data.
 
-Thresholds, ranges, the schema and the hyperparameters come from project/config, never copied
-into a test, so a test checks the components against the configuration the pipeline runs with.
-The data fixtures are session-scoped: a test that changes a table works on a ``.copy()``.
+Thresholds, ranges, the schema and the hyperparameters come from testing/config, the config a
+pipeline passes the components (one file per option of a group, as a Hydra project lays them
+out; today copies of the Adult project's), never from a test's own literals. This repository
+ships them, so a clone of it tests itself without any project. The data fixtures are
+session-scoped: a test that changes a table works on a ``.copy()``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,19 @@ import yaml
 from step_kit import Schema
 
 COMPONENTS = Path(__file__).resolve().parent
-CONFIG_DIR = COMPONENTS.parent / "project" / "config"
+CONFIG_DIR = COMPONENTS / "testing" / "config"
 DATA_DIR = COMPONENTS / "get_data" / "data"
 
 
 def load_config(group: str, name: str) -> dict[str, Any]:
     """One option of a config group, e.g. ``load_config("data", "adult")``."""
     return yaml.safe_load((CONFIG_DIR / group / f"{name}.yaml").read_text())
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    """Skip the ``step_kit`` link of each component folder: step_kit's tests run once, from the
+    folder itself, whatever this repository's folder is called."""
+    return True if collection_path.is_symlink() else None
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -50,6 +58,11 @@ def check_config() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def preprocess_config() -> dict[str, Any]:
+    return load_config("preprocess", "default")
+
+
+@pytest.fixture(scope="session")
 def split_config() -> dict[str, Any]:
     return load_config("split", "default")
 
@@ -69,7 +82,7 @@ def model_options() -> dict[str, tuple[str, dict[str, Any]]]:
 
 @pytest.fixture(scope="session")
 def model_name() -> str:
-    """The default model of the pipeline (config.yaml's defaults: model: decision_tree)."""
+    """The default model of the Adult pipeline (its config.yaml's defaults: model: decision_tree)."""
     return model_option("decision_tree")[0]
 
 

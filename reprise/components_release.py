@@ -1,10 +1,10 @@
 """Release and publish the components repository: `make release-components` cuts a tagged,
-tested release of components-repo/ (tag ``components-X.Y.Z``); `make publish-components` pushes
-components-repo/ and its release tags (unprefixed) as a repository of its own."""
+tested release of components-repo/ (tag ``components-X.Y.Z``) with the components' own
+release.py; `make publish-components` pushes components-repo/ and its release tags (unprefixed)
+as a repository of its own."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import re
@@ -19,24 +19,19 @@ from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
 
-TESTS_TIMEOUT_S = 1800
+# the components' unit tests may take up to 1800 s (release.py), then the commit and tag
+RELEASE_TIMEOUT_S = 2400
 PUSH_TIMEOUT_S = 300
 SEMVER = r"\d+\.\d+\.\d+"
 
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the components live: the git toplevel, their folder in it and their release files."""
+    """Where the components live: the git toplevel, their folder in it and their version config."""
 
     repo: Path
     prefix: str  # components-repo, relative to the toplevel, with forward slashes
     config: Path
-    changelog: Path
-    version_file: Path
-
-    def rel(self, path: Path) -> str:
-        """``path`` relative to the git toplevel, as git wants it."""
-        return path.relative_to(self.repo).as_posix()
 
 
 def _layout() -> _Layout:
@@ -59,86 +54,29 @@ def _layout() -> _Layout:
     if prefix == ".":
         raise RepriseError(
             f"{folder} is a repository of its own, not a folder of the project.",
-            "tag it there with `bump-my-version bump <part>`; publishing is for single-repo mode.",
+            "release it there with `make release PART=<part>` and push its tags; publishing is "
+            "for single-repo mode.",
         )
-    return _Layout(
-        repo=repo,
-        prefix=prefix,
-        config=folder / ".bumpversion.cfg",
-        changelog=folder / "CHANGELOG.md",
-        version_file=folder / "VERSION",
-    )
+    return _Layout(repo=repo, prefix=prefix, config=folder / ".bumpversion.cfg")
 
 
-def release(part: str) -> None:
-    """Cut a release of the components: tests pass, CHANGELOG dated, version bumped, commit and
-    annotated tag ``components-X.Y.Z`` - all or nothing."""
-    lay = _layout()
-    versioning.require_clean(lay.repo)
-    versioning.require_unreleased_entries(lay.changelog)
-    old = versioning.current_version(lay.config)
-    version = versioning.next_version(lay.config, part)
-    tag = versioning.tag_name(lay.config, version)
-    if versioning.git(lay.repo, "tag", "--list", tag):
-        raise RepriseError(
-            f"Tag {tag} already exists (components {old} -> {version}).",
-            f"set current_version in {lay.rel(lay.config)} to the latest release, or cut "
-            "another part.",
-        )
-    log.info("components %s -> %s (%s): running the components' unit tests", old, version, part)
-    _run_unit_tests(lay)
-    with versioning.atomic(lay.repo, tag):
-        versioning.date_changelog(lay.changelog, version, dt.date.today())
-        versioning.bump(lay.config, part)
-        commit = versioning.commit_and_tag(
-            lay.repo,
-            paths=[lay.rel(lay.changelog), lay.rel(lay.version_file), lay.rel(lay.config)],
-            version=version,
-            tag=tag,
-            message=f"components {version}",
-        )
-    log.info("released components %s: tag %s on commit %s", version, tag, commit[:12])
-    log.info(
-        "push it with `git push origin HEAD %s`; publish the components as a repository of "
-        "their own with `make publish-components REMOTE=<git URI>` (pushes tag %s)",
-        tag,
-        version,
-    )
-
-
-def _run_unit_tests(lay: _Layout) -> None:
-    """The components' unit tests (not e2e), from the repository root; any failure refuses."""
-    command = [sys.executable, "-m", "pytest", lay.prefix, "-q", "-m", "not e2e"]
-    command += ["-p", "no:cacheprovider"]
+def release(part: str) -> int:
+    """Cut a release of the components with their own release.py (tag ``components-X.Y.Z``
+    here): tests pass, CHANGELOG dated, version bumped, commit and tag - all or nothing. Returns
+    its exit code; it logs its steps and its one-line refusal itself."""
+    _layout()
+    script = paths.COMPONENTS_DIR / "release.py"
+    # This environment has what the components' release needs (pytest, bump-my-version, the
+    # components' dependencies): one release, the same as `make release` in a clone of them.
     try:
-        result = subprocess.run(
-            command, cwd=lay.repo, capture_output=True, text=True, timeout=TESTS_TIMEOUT_S
-        )
+        return subprocess.run(
+            [sys.executable, str(script), part], cwd=script.parent, timeout=RELEASE_TIMEOUT_S
+        ).returncode
     except subprocess.TimeoutExpired:
         raise RepriseError(
-            f"The components' unit tests did not finish within {TESTS_TIMEOUT_S} s.",
-            f"run `python -m pytest {lay.prefix} -m 'not e2e'` and find the slow test.",
+            f"The components' release did not finish within {RELEASE_TIMEOUT_S} s.",
+            "run `make test` in components-repo/ and find the slow test.",
         ) from None
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    summary = lines[-1].strip("= ") if lines else "no output"
-    if result.returncode == 0:
-        log.info("components' unit tests: %s", summary)
-        return
-    counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (failed|errors?)\b", summary)}
-    failed = counts.get("failed", 0)
-    errors = counts.get("error", 0) + counts.get("errors", 0)
-    if failed or errors:
-        cause = f"{failed} of the components' unit tests failed" + (
-            f" and {errors} errored" if errors else ""
-        )
-    elif result.returncode == 5:
-        cause = "The components' unit tests collected no test"
-    else:
-        cause = f"The components' unit tests did not run (pytest exit code {result.returncode})"
-    raise RepriseError(
-        f"{cause} ({summary}); nothing was released.",
-        f"run `python -m pytest {lay.prefix} -m 'not e2e'`, fix them, commit, then release again.",
-    )
 
 
 def publish(remote: str) -> None:

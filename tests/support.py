@@ -316,18 +316,19 @@ def sweep_and_points(workspace: Workspace) -> tuple[Any, list[Any]]:
     return sweep, points
 
 
-def copy_work_tree(dest: Path) -> None:
-    """This repository's work tree as it is (uncommitted changes included) in ``dest``, as a new
-    git repository of one commit: what a push of the current code would serve."""
+def copy_work_tree(dest: Path, folder: Path = ROOT) -> None:
+    """This repository's work tree (or one ``folder`` of it) as it is, uncommitted changes
+    included and ignored files left out, in ``dest``, as a new git repository of one commit:
+    what a push of the current code would serve."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "."],
+        cwd=folder,
         check=True,
         capture_output=True,
         timeout=60,
     ).stdout.decode()
     for name in filter(None, listed.split("\0")):
-        source = ROOT / name
+        source = folder / name
         if not source.is_symlink() and not source.exists():
             continue  # deleted in the work tree, not yet in the index
         target = dest / name

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("components-release")]
 
 PREFIX = "components-repo"
 TAG_PREFIX = "components-"
-RELEASE_FILES = (".bumpversion.cfg", "VERSION", "CHANGELOG.md")
+RELEASE_FILES = (".bumpversion.cfg", "VERSION", "CHANGELOG.md", "pyproject.toml", "uv.lock")
 SMALL_SUITE = '''"""A stand-in for the components' unit tests: the release runs whatever is here."""
 
 
@@ -171,7 +171,7 @@ def test_release_bumps_dates_commits_and_tags(released: Released) -> None:
     assert f"## [Unreleased]\n\n{heading}\n" in changelog  # Unreleased empty, right above
     assert changelog.index(heading) < changelog.index(entries)  # old entries under the heading
     assert unreleased_entries(changelog) == ""
-    # one commit, the three release files only: the project's own version is untouched
+    # one commit, the components' release files only: the project's own version is untouched
     assert git("rev-parse", "HEAD~1", cwd=repo) == released.head_before
     assert git("log", "-1", "--format=%s", cwd=repo) == f"components {new}"
     changed = git("diff", "--name-only", "HEAD~1", "HEAD", cwd=repo).splitlines()
@@ -183,6 +183,31 @@ def test_release_bumps_dates_commits_and_tags(released: Released) -> None:
     assert git("status", "--porcelain", cwd=repo) == ""
     log = _output(released.result)
     assert released.tag in log and "passed" in log and "publish-components" in log
+
+
+def test_components_make_release_inside_the_project_is_the_same_release(tmp_path: Path) -> None:
+    """components-repo's own `make release` in single-repo mode: its own environment, the same
+    release.py, the prefixed tag; the project's version untouched."""
+    repo = _clone(tmp_path / "repo")
+    _small_suite(repo)
+    old = _version(repo)
+    new = _bumped(old, "patch")
+    env = {k: v for k, v in workspace_env(repo.parent).items() if k != "VIRTUAL_ENV"}
+    result = subprocess.run(
+        ["make", "release", "PART=patch"],
+        cwd=repo / PREFIX,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, _output(result)[-4000:]
+    assert _version(repo) == new
+    assert git("tag", "--list", cwd=repo).splitlines() == [f"{TAG_PREFIX}{new}"]
+    changed = git("diff", "--name-only", "HEAD~1", "HEAD", cwd=repo).splitlines()
+    assert sorted(changed) == sorted(f"{PREFIX}/{name}" for name in RELEASE_FILES)
+    assert (repo / PREFIX / ".venv" / "bin" / "bump-my-version").is_file()  # its own environment
+    assert git("status", "--porcelain", "--untracked-files=all", cwd=repo) == ""
 
 
 def test_release_refuses_a_dirty_tree(tmp_path: Path) -> None:
