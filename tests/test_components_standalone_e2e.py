@@ -123,11 +123,17 @@ def _collected(*args: str, cwd: Path) -> list[str]:
     return [line for line in result.stdout.splitlines() if "::" in line]
 
 
-def test_the_project_collects_the_components_tests_once() -> None:
+@pytest.fixture(scope="module")
+def alone() -> list[str]:
+    """The test ids the components' own configuration collects (once per module: a collection
+    imports the components' dependencies, about 15 s)."""
+    return _collected(cwd=COMPONENTS)
+
+
+def test_the_project_collects_the_components_tests_once(alone: list[str]) -> None:
     """The project's configuration (its `make test`) and the components' own collect the same
     tests, each once: step_kit's from its folder, never through a component's link to it."""
     here = _collected("-c", "pyproject.toml", "components-repo", cwd=ROOT)
-    alone = _collected(cwd=COMPONENTS)
     assert alone and sorted(here) == sorted(f"components-repo/{test}" for test in alone)
     assert len(set(alone)) == len(alone)
     assert [t for t in alone if "step_kit/" in t] == [
@@ -137,7 +143,7 @@ def test_the_project_collects_the_components_tests_once() -> None:
 
 
 @pytest.mark.e2e
-def test_a_clone_tests_itself_with_only_python_and_git(clone: Clone) -> None:
+def test_a_clone_tests_itself_with_only_python_and_git(clone: Clone, alone: list[str]) -> None:
     imported = subprocess.run(
         ["python3", "-c", "import reprise"],
         cwd=clone.path,
@@ -150,8 +156,7 @@ def test_a_clone_tests_itself_with_only_python_and_git(clone: Clone) -> None:
     output = _output(result)
     assert result.returncode == 0, output[-4000:]
     assert "ruff check" in output and " passed" in output
-    count = len(_collected(cwd=COMPONENTS))
-    assert re.search(rf"^{count} passed", output, re.MULTILINE)  # the suite as collected here
+    assert re.search(rf"^{len(alone)} passed", output, re.MULTILINE)  # the suite as collected here
     assert (clone.path / ".venv" / "bin" / "python").is_file()
     assert git("status", "--porcelain", cwd=clone.path) == ""  # environments are ignored
 
