@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from step_kit import Schema
+from step_kit import Schema, StepError
 from step_kit.findings import Finding
 
 
@@ -222,6 +222,25 @@ def check_drift(
     return results
 
 
+def _missing_limits(config: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """max_missing_share and max_missing_share_by_column of config, each a share in [0, 1]."""
+    given = {"max_missing_share": config.get("max_missing_share", 1.0)}
+    by_column = config.get("max_missing_share_by_column") or {}
+    if not isinstance(by_column, dict):
+        raise StepError(
+            f"data_check.max_missing_share_by_column is {by_column!r}.",
+            "give a mapping of column: share, e.g. {cabin: 0.8}.",
+        )
+    given |= {f"max_missing_share_by_column.{c}": v for c, v in by_column.items()}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise StepError(
+                f"data_check.{key} is {value!r}, not a share from 0 to 1.",
+                f"set data_check.{key} to a number from 0 to 1.",
+            )
+    return float(given["max_missing_share"]), {c: float(v) for c, v in by_column.items()}
+
+
 def run_checks(
     frame: pd.DataFrame,
     schema: Schema,
@@ -229,15 +248,11 @@ def run_checks(
     reference: pd.DataFrame | None = None,
 ) -> list[Finding]:
     """Every check that config asks for, in a fixed order."""
+    max_share, by_column = _missing_limits(config)
     results = [
         check_schema(frame, schema),
         check_columns(frame, schema),
-        check_missing(
-            frame,
-            schema,
-            float(config.get("max_missing_share", 1.0)),
-            config.get("max_missing_share_by_column") or {},
-        ),
+        check_missing(frame, schema, max_share, by_column),
         *([check_id(frame, schema)] if schema.id else []),
         check_categories(frame, schema),
         check_ranges(frame, config.get("ranges", {})),

@@ -22,8 +22,7 @@ def invariance(
 ) -> Finding:
     """Jitter a column that must not matter by up to +-relative_jitter of each value; the share
     of predictions that flip must stay below max_flip_share."""
-    if column not in features:
-        raise StepError(f"Invariance column '{column}' is not a feature.", "name a feature column.")
+    _require_number_column(features, column, "Invariance")
     rng = np.random.default_rng(seed)
     jittered = features.copy()
     factor = 1 + rng.uniform(-relative_jitter, relative_jitter, len(features))
@@ -40,15 +39,23 @@ def invariance(
     )
 
 
+def _require_number_column(features: pd.DataFrame, column: str, test: str) -> None:
+    """A behaviour test moves a number: its column must be a numeric feature."""
+    if column not in features:
+        raise StepError(f"{test} column '{column}' is not a feature.", "name a feature column.")
+    if not pd.api.types.is_numeric_dtype(features[column]):
+        raise StepError(
+            f"{test} column '{column}' is a category, not a number: it cannot be moved.",
+            "name a numeric feature in evaluation.behaviour, or declare no such test.",
+        )
+
+
 def directional(
     model: Any, features: pd.DataFrame, column: str, delta: float, expect: str
 ) -> Finding:
     """Adding delta to a column must move the mean positive-class probability the expected way
     (``increase`` or ``decrease``)."""
-    if column not in features:
-        raise StepError(
-            f"Directional column '{column}' is not a feature.", "name a feature column."
-        )
+    _require_number_column(features, column, "Directional")
     if expect not in ("increase", "decrease"):
         raise StepError(f"Directional expectation '{expect}'.", "use increase or decrease.")
     moved = features.copy()

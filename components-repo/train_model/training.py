@@ -161,6 +161,13 @@ def fit(
     (the configured n_jobs is kept: a forest seeds each tree, so its jobs' order does not matter)."""
     features, target = schema.xy(train)
     pipeline = build_pipeline(schema, model_name, hyperparameters, preprocess)
+    if target.nunique() < 2:  # after the settings: they are checked first
+        raise StepError(
+            f"The train table holds one class only: {int(target.sum())} of {len(target)} rows "
+            f"are the positive class '{schema.positive_class}'.",
+            "check data.positive_class against the target's labels (data_check's target check "
+            "names them), or use more data.",
+        )
     with fixed_fit_threads():
         return pipeline.fit(features, target)
 

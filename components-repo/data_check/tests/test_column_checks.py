@@ -111,3 +111,26 @@ def test_a_target_that_is_not_binary_with_the_positive_class_fails(
     config = {**check_config}
     found = failures(run_checks(frame, dataclasses.replace(schema, categories={}), config))
     assert found["target"] == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"max_missing_share": "half"}, "data_check.max_missing_share is 'half', not a share"),
+        ({"max_missing_share": 1.5}, "data_check.max_missing_share is 1.5, not a share"),
+        ({"max_missing_share": True}, "data_check.max_missing_share is True, not a share"),
+        (
+            {"max_missing_share_by_column": {"age": -0.1}},
+            "data_check.max_missing_share_by_column.age is -0.1, not a share",
+        ),
+        ({"max_missing_share_by_column": [0.2]}, "max_missing_share_by_column is [0.2]"),
+    ],
+)
+def test_a_missing_share_that_is_no_share_is_refused(
+    clean_full, schema, check_config, config, message
+):
+    from step_kit import StepError
+
+    with pytest.raises(StepError) as caught:
+        run_checks(clean_full, schema, {**check_config, **config})
+    assert message in str(caught.value)

@@ -76,3 +76,18 @@ def test_a_case_reports_the_labels_of_the_data_set(tuned_model, schema, evaluati
     no_categories = dataclasses.replace(schema, categories={})
     details = [f.detail for f in cases(tuned_model, no_categories, written)]
     assert all(d.startswith(("predicted >50K", "predicted not >50K")) for d in details), details
+
+
+@pytest.mark.parametrize("kind", ["invariance", "directional"])
+def test_a_behaviour_test_that_would_move_a_category_is_refused(
+    tuned_model, test_features, schema, kind
+):
+    declared = {
+        "invariance": {
+            "invariance": {"column": "race", "relative_jitter": 0.05, "max_flip_share": 0.02}
+        },
+        "directional": {"directional": [{"column": "race", "delta": 1, "expect": "increase"}]},
+    }[kind]
+    with pytest.raises(StepError) as caught:
+        behaviour_tests(tuned_model, test_features, schema, declared)
+    assert f"{kind.capitalize()} column 'race' is a category, not a number" in str(caught.value)

@@ -109,3 +109,15 @@ def test_bad_preprocess_settings_are_named(raw, message):
 
 def test_no_preprocess_settings_mean_median_without_indicator():
     assert Preprocess.from_dict({}) == Preprocess("median", 0.0, False)
+
+
+def test_a_positive_class_the_target_never_holds_is_named(splits, schema):
+    import dataclasses
+
+    wrong = dataclasses.replace(schema, positive_class="> 50K")
+    with pytest.raises(StepError) as caught:
+        fit(splits["train"].head(500), wrong, "decision_tree", {})
+    assert (
+        "The train table holds one class only: 0 of 500 rows are the positive class '> 50K'"
+        in str(caught.value)
+    )
