@@ -346,3 +346,23 @@ def declared_steps() -> list[str]:
     from reprise.graph import declared, project_config
 
     return declared(project_config(ROOT)).names
+
+
+def log_and_register(model: Any, example: Any, name: str) -> tuple[str, str]:
+    """(run id, version): ``model`` logged as train_model logs it (skops, its trusted types, a
+    signature and input example from ``example``) in a new run, and registered as ``name``."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from step_kit import persist
+
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="skops",
+            skops_trusted_types=persist.trusted_types(model),
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+        )
+    return run.info.run_id, str(mlflow.register_model(info.model_uri, name).version)

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import yaml
+from test_fast import config
 
 from reprise.serving import fast
 from reprise.serving.fast import SMALL_BATCH, FastScorer, imputed_columns
 from step_kit import Schema
 from support import ROOT
 
-CONFIG = ROOT / "project" / "config"
 DATA = ROOT / "components-repo" / "get_data" / "data" / "sample2.parquet"
 TRAIN_ROWS = 6_000
 HELD_OUT_ROWS = 2_000
@@ -38,10 +37,6 @@ OPTIONS = [
 ]
 COMPILED = {"decision_tree", "random_forest"}
 STRATEGIES = ["median", "mean", "most_frequent", "constant"]
-
-
-def config(group: str, name: str) -> dict[str, Any]:
-    return yaml.safe_load((CONFIG / group / f"{name}.yaml").read_text())
 
 
 @pytest.fixture(scope="module")

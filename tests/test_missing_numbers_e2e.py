@@ -23,13 +23,13 @@ import pytest
 import test_fast_missing
 from test_batch_e2e import counts, ok, predict
 from test_fast_missing import fitted, refitted
+from test_server_hardening import _walk
 from test_serving_e2e import TARGET, start_server, stop_server
 
 from reprise.serving import fast
 from reprise.serving.fast import FastScorer
 from reprise.serving.model import _compiled_path, load, resolve
-from step_kit import persist
-from support import ROOT, ServedStore, workspace_env
+from support import ROOT, ServedStore, log_and_register, workspace_env
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
@@ -133,16 +133,6 @@ def test_the_served_model_scores_null_numbers_over_http(
         stop_server(server)
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 @pytest.mark.parametrize(
     "split", [[], ["--chunk-rows", "1000", "--workers", "2"]], ids=["one", "chunks"]
@@ -207,23 +197,6 @@ class Store:
     rows: pd.DataFrame  # held-out rows, numbers missing in every number column
 
 
-def _log(model: Any, example: pd.DataFrame) -> str:
-    """The version of ``model`` logged as train_model logs it, and registered."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=persist.trusted_types(model),
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-        )
-    return str(mlflow.register_model(info.model_uri, NAME).version)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
     import mlflow
@@ -246,7 +219,10 @@ def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
         tracking.use_defaults()
         old = refitted(schema, train, "decision_tree", "passthrough")
         new = fitted(schema, halves[0], "decision_tree", Preprocess(missing_indicator=True))
-        assert (_log(old, example), _log(new, example)) == ("1", "2")
+        assert (
+            log_and_register(old, example, NAME)[1],
+            log_and_register(new, example, NAME)[1],
+        ) == ("1", "2")
         yield Store(env, old, new, halves[1])
         mlflow.set_tracking_uri(None)
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import skops.io as sio
 import test_fast
@@ -27,8 +26,7 @@ from test_fast import fitted
 from reprise.errors import RepriseError
 from reprise.serving.fast import FastScorer, digest_path
 from reprise.serving.model import _compiled_path, compiled_on_disk, load, resolve
-from step_kit import persist
-from support import ROOT, workspace_env
+from support import ROOT, log_and_register, workspace_env
 
 pytestmark = pytest.mark.e2e
 
@@ -43,25 +41,6 @@ class Store:
     env: dict[str, str]
     model: Any  # the scikit-learn model logged as version 1
     run_id: str  # of version 2, whose files the tests edit
-
-
-def _log(model: Any, rows: pd.DataFrame) -> tuple[str, str]:
-    """(run id, version): ``model`` logged as train_model logs it, and registered."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    example = rows.head(5)
-    with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=persist.trusted_types(model),
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-        )
-    version = mlflow.register_model(info.model_uri, NAME)
-    return run.info.run_id, str(version.version)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +58,8 @@ def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
             patch.setenv(key, value)
         tracking.use_defaults()
         model = fitted(schema, halves[0], "decision_tree")
-        _, first = _log(model, halves[1])
-        run_id, second = _log(model, halves[1])
+        _, first = log_and_register(model, halves[1].head(5), NAME)
+        run_id, second = log_and_register(model, halves[1].head(5), NAME)
         assert (first, second) == ("1", "2")
         yield Store(env, model, run_id)
         mlflow.set_tracking_uri(None)
