@@ -66,18 +66,13 @@ def git(repo: Path, *args: str) -> str:
 
 def layout() -> Layout:
     """Where the components are: a repository of their own, or a folder of a project's."""
-    result = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if result.returncode != 0:
+    try:
+        toplevel = git(HERE, "rev-parse", "--show-toplevel")
+    except ReleaseError:
         raise ReleaseError(
             f"{HERE} is not inside a git repository.", "release from a git clone of it."
-        )
-    repo = Path(result.stdout.strip()).resolve()
+        ) from None
+    repo = Path(toplevel).resolve()
     prefix = HERE.relative_to(repo).as_posix()
     return Layout(repo, "" if prefix == "." else prefix)
 

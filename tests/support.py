@@ -366,3 +366,18 @@ def log_and_register(model: Any, example: Any, name: str) -> tuple[str, str]:
             input_example=example,
         )
     return run.info.run_id, str(mlflow.register_model(info.model_uri, name).version)
+
+
+@contextmanager
+def workspace_process(env: dict[str, str]) -> Iterator[None]:
+    """This process on the store and state of ``env`` (a workspace_env): its MLflow and Reprise
+    settings replaced by those, tracking set up as a command sets it up, all restored after."""
+    from reprise import tracking
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(("MLFLOW_", "REPRISE_"))]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        tracking.use_defaults()
+        yield

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from test_serving_e2e import TARGET, start_server, stop_server
 from reprise.serving import fast
 from reprise.serving.fast import FastScorer
 from reprise.serving.model import _compiled_path, load, resolve
-from support import ROOT, ServedStore, log_and_register, workspace_env
+from support import ROOT, ServedStore, log_and_register, workspace_env, workspace_process
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
@@ -201,7 +200,6 @@ class Store:
 def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
     import mlflow
 
-    from reprise import tracking
     from training import Preprocess
 
     path = tmp_path_factory.mktemp("missing")
@@ -211,12 +209,7 @@ def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
     whole = {c: "int64" for c in numbers}
     train = halves[0].dropna(subset=numbers).astype(whole)
     example = halves[1].dropna(subset=numbers).astype(whole).head(5)
-    with pytest.MonkeyPatch.context() as patch:
-        for key in [k for k in os.environ if k.startswith(("MLFLOW_", "REPRISE_"))]:
-            patch.delenv(key)
-        for key, value in env.items():
-            patch.setenv(key, value)
-        tracking.use_defaults()
+    with workspace_process(env):
         old = refitted(schema, train, "decision_tree", "passthrough")
         new = fitted(schema, halves[0], "decision_tree", Preprocess(missing_indicator=True))
         assert (

@@ -26,7 +26,7 @@ from test_fast import fitted
 from reprise.errors import RepriseError
 from reprise.serving.fast import FastScorer, digest_path
 from reprise.serving.model import _compiled_path, compiled_on_disk, load, resolve
-from support import ROOT, log_and_register, workspace_env
+from support import ROOT, log_and_register, workspace_env, workspace_process
 
 pytestmark = pytest.mark.e2e
 
@@ -47,16 +47,9 @@ class Store:
 def store(tmp_path_factory, schema, halves) -> Iterator[Store]:
     import mlflow
 
-    from reprise import tracking
-
     path = tmp_path_factory.mktemp("trust")
     env = workspace_env(path)
-    with pytest.MonkeyPatch.context() as patch:
-        for key in [k for k in os.environ if k.startswith(("MLFLOW_", "REPRISE_"))]:
-            patch.delenv(key)
-        for key, value in env.items():
-            patch.setenv(key, value)
-        tracking.use_defaults()
+    with workspace_process(env):
         model = fitted(schema, halves[0], "decision_tree")
         _, first = log_and_register(model, halves[1].head(5), NAME)
         run_id, second = log_and_register(model, halves[1].head(5), NAME)
