@@ -93,6 +93,18 @@ predict: setup ## Score a file offline: INPUT=in.parquet|csv OUTPUT=out.parquet|
 	  $(call flag,--release,$(RELEASE)) $(call flag,--model,$(MODEL)) \
 	  $(if $(filter 1 yes true,$(OVERWRITE)),--overwrite)
 
+# make server: PORT= of the MLflow server (5000 unless PORT is given on the command line or in
+# the environment: make serve's 8000 is not it).
+SERVER_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),5000)
+SERVER_WORKERS ?= 2
+.PHONY: server server-stop
+
+server: setup ## Start a team's tracking server here: PostgreSQL + mlflow server on 127.0.0.1:5000 (PORT=), proxied artifacts
+	$(PY) -m reprise server start --port $(call quoted,$(SERVER_PORT)) --workers $(call quoted,$(SERVER_WORKERS))
+
+server-stop: setup ## Stop the tracking server that make server started (both processes, by PID)
+	$(PY) -m reprise server stop
+
 # make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
 # prod alias, followed as it moves) and where; SERVE_ARGS passes more (--poll-seconds, ...).
 RELEASE ?=

@@ -354,7 +354,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="the components folder to write in (default: components-repo/ of this checkout)",
     )
     new.set_defaults(handler=cmd_new_component)
+
+    server = sub.add_parser(
+        "server",
+        help="a team's tracking server here: PostgreSQL + mlflow server (make server)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    server.add_argument("action", choices=("start", "stop", "status"), help="what to do")
+    server.add_argument("--host", default="127.0.0.1", help="the address the MLflow server binds")
+    server.add_argument("--port", type=int, default=5000, help="the MLflow server's port")
+    server.add_argument("--workers", type=int, default=2, help="the MLflow server's processes")
+    server.set_defaults(handler=cmd_server)
     return parser
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """Start, stop or show the tracking server of this checkout (reprise/team_server.py)."""
+    from reprise import team_server
+
+    where = team_server.folder()
+    if args.action == "stop":
+        stopped = team_server.stop(where)
+        write_line(f"Stopped {' and '.join(stopped)}." if stopped else "No tracking server runs.")
+        return 0
+    if args.action == "status":
+        found = team_server.running(where)
+        write_line(f"Running at {found.uri}" if found else f"No tracking server runs ({where}).")
+        return 0 if found else 1
+    if args.workers < 1:
+        raise RepriseError(f"--workers {args.workers} is below 1.", "give WORKERS=1 or more.")
+    state, already = team_server.start(args.host, args.port, args.workers, where)
+    write_line(
+        f"{'Already running' if already else 'Started'}: MLflow server {state.uri} "
+        f"(pid {state.mlflow_pid}) on PostgreSQL 127.0.0.1:{state.postgres_port} "
+        f"(pid {state.postgres_pid}); data in {where}"
+    )
+    write_line("Point every command at it:")
+    write_line(f"  export MLFLOW_TRACKING_URI={state.uri}")
+    write_line("Stop both: make server-stop")
+    return 0
 
 
 def cmd_new_component(args: argparse.Namespace) -> int:

@@ -381,3 +381,38 @@ def workspace_process(env: dict[str, str]) -> Iterator[None]:
             patch.setenv(key, value)
         tracking.use_defaults()
         yield
+
+
+@dataclass
+class TeamServer:
+    """A tracking server as `make server` starts it: PostgreSQL and `mlflow server` with proxied
+    artifacts, on free ports of 127.0.0.1, its data in a folder of the test session."""
+
+    uri: str
+    folder: Path
+    mlflow_pid: int
+    postgres_pid: int
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+    """One tracking server for the session's tests marked xdist_group("team"); stopped by PID."""
+    from reprise import team_server as team
+
+    folder = tmp_path_factory.mktemp("team-server")
+    state, _ = team.start(port=free_port(), workers=2, where=folder)
+    try:
+        yield TeamServer(state.uri, folder, state.mlflow_pid, state.postgres_pid)
+    finally:
+        team.stop(folder)
+
+
+@pytest.fixture
+def team_workspace(tmp_path: Path, team_server: TeamServer) -> Workspace:
+    """A workspace whose runs go to the session's tracking server, in an experiment of its own."""
+    env = workspace_env(tmp_path)
+    env.update(
+        MLFLOW_TRACKING_URI=team_server.uri,
+        MLFLOW_EXPERIMENT_NAME=f"team-{tmp_path.name}-{os.getpid()}",
+    )
+    return Workspace(tmp_path, env)
