@@ -120,9 +120,10 @@ serve: setup ## Serve the prod model over HTTP (RELEASE=X.Y.Z or MODEL=uri, PORT
 	$(PY) -m reprise serve $(call flag,--release,$(RELEASE)) $(call flag,--model,$(MODEL)) \
 	  $(call flag,--host,$(HOST)) $(call flag,--port,$(PORT)) $(call flag,--workers,$(WORKERS)) "$${more[@]}"
 
-lint: setup ## Check style and common mistakes (ruff)
+lint: setup ## Check style and common mistakes (ruff), and that the platform declares what it imports (deptry)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/deptry reprise project
 
 format: setup ## Rewrite the code in the project's style (ruff)
 	$(VENV)/bin/ruff format .
