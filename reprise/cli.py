@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from mlflow.projects import ExecutionException
 
-    from reprise import api, paths, tracking
+    from reprise import api, paths, sweep, tracking
 
     try:
         given = split_options(args.overrides_text, "OVERRIDES") + args.overrides
@@ -46,6 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not {"-m", "--multirun"} & set(overrides):
         return _run_in_process(args.steps, overrides)
     experiment_id = tracking.use_defaults()
+    if launcher := sweep.launcher_given(overrides):
+        try:  # before `mlflow run` makes a run (the sweep's callback would refuse it after)
+            sweep.refuse_local_store(launcher)
+        except RepriseError as err:
+            log.error("sweep refused: %s", err)
+            return 1
     api.use_this_python()
     try:
         submitted = tracking.run_project(
@@ -480,4 +486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return stop.exit_code
         except RepriseError as err:
             log.error("%s", err)
+            return 1
+        except Exception as err:  # MLflow's own, from the store: one is the user's to fix
+            from reprise import tracking
+
+            if (busy := tracking.busy_store(err)) is None:
+                raise
+            log.error("%s", busy)
             return 1

@@ -80,6 +80,22 @@ def _server_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def closed_parent(where: Path, user: tuple[int, int]) -> Path | None:
+    """The first folder above ``where`` that ``user`` (uid, gid) may not enter, else None:
+    PostgreSQL, run as that user, must reach its data folder through every one of them."""
+    for parent in reversed(where.resolve().parents):
+        mode = parent.stat()
+        if mode.st_uid == user[0]:
+            allowed = mode.st_mode & 0o100
+        elif mode.st_gid == user[1]:
+            allowed = mode.st_mode & 0o010
+        else:
+            allowed = mode.st_mode & 0o001
+        if not allowed:
+            return parent
+    return None
+
+
 def _as_server_user(user: tuple[int, int] | None) -> dict[str, object]:
     return {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
 
@@ -107,6 +123,44 @@ def _alive(pid: int, marker: str) -> bool:
     except OSError:
         return False
     return marker in command
+
+
+def _mlflow_group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` that run MLflow: the `mlflow server` that
+    leads it, and its uvicorn, which outlives a leader killed with SIGKILL and keeps the port."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # fields after "(comm) ": state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            if fields[0] == "Z" or int(fields[2]) != pgid:
+                continue
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"mlflow" in command:  # a group id reused by another program runs no MLflow
+            members.append(int(entry.name))
+    return members
+
+
+def _stop_mlflow(pgid: int) -> bool:
+    """Stop every MLflow process of the group ``pgid`` (SIGTERM, then SIGKILL after
+    STOP_TIMEOUT_S); True when one ran."""
+    if pgid <= 0 or not _mlflow_group(pgid):  # killpg(0) would signal this very process
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pgid, os.WNOHANG)  # reap it when this process started it
+            if not _mlflow_group(pgid):
+                return True
+            time.sleep(0.1)
+    return True
 
 
 def _read_state(where: Path) -> Running | None:
@@ -182,7 +236,9 @@ def _init_database(where: Path, user: tuple[int, int] | None) -> None:
     secret.write_text(password + "\n")
     secret.chmod(0o600)
     if user is not None:
-        for path in (where, fresh, secret):
+        # nobody enters the server folder to reach its data (no listing, no writing)
+        where.chmod(where.stat().st_mode | 0o011)
+        for path in (fresh, secret):  # PostgreSQL writes only in its data folder
             os.chown(path, *user)
     try:
         subprocess.run(
@@ -320,7 +376,13 @@ def _start_mlflow(where: Path, host: str, port: int, postgres_port: int, workers
     log_file = where / "mlflow.log"
     artifacts = where / "artifacts"
     artifacts.mkdir(exist_ok=True)
-    env = {**os.environ, "PGPASSFILE": str(where / "pgpass")}
+    # no server-side jobs (MLflow's GenAI features; Reprise has none): one process fewer, and
+    # no queue folder left in /dev/shm by every start
+    env = {
+        **os.environ,
+        "PGPASSFILE": str(where / "pgpass"),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(log_file, "ab") as out:
         process = subprocess.Popen(
@@ -360,6 +422,30 @@ def _postgres_running(where: Path) -> tuple[int, int] | None:
     return (pid, port) if _alive(pid, _postgres_marker(where)) else None
 
 
+def _await_stale_postmaster(where: Path) -> None:
+    """Return once the PID of a stale postmaster.pid (a PostgreSQL killed, not yet reaped) is
+    gone: PostgreSQL refuses to start on its data while that PID exists."""
+    lock = where / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(lock.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while Path(f"/proc/{pid}").exists():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            command = b""
+        # a dying or zombie process has an empty command line; another program a full one
+        if (command and b"postgres" not in command) or time.monotonic() > deadline:
+            raise RepriseError(
+                f"{lock} names PID {pid}, which runs but is not the PostgreSQL of {where}.",
+                "stop that process, or remove the file once no PostgreSQL uses the folder; "
+                "then start again.",
+            )
+        time.sleep(0.1)
+
+
 def start(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -384,8 +470,9 @@ def start(
                 )
             return found, True
         state = _read_state(where)
-        if state is not None and _alive(state.mlflow_pid, _mlflow_marker(state)):
-            _stop_pid(state.mlflow_pid, signal.SIGTERM, group=True)  # its database went away
+        if state is not None and state.mlflow_pid:
+            # its database went away, or its leader did and its uvicorn still holds the port
+            _stop_mlflow(state.mlflow_pid)
         if not _port_free(host, port):
             raise RepriseError(
                 f"Port {port} on {host} is taken by another program.",
@@ -395,7 +482,15 @@ def start(
         postgres = _postgres_running(where)
         if postgres is None:
             user = _server_user()
+            if user is not None and (closed := closed_parent(where, user)) is not None:
+                raise RepriseError(
+                    f"PostgreSQL refuses to run as root, so it runs as user nobody, who may not "
+                    f"enter {closed} (mode {closed.stat().st_mode & 0o777:o}) to reach {where}.",
+                    "give REPRISE_SERVER_DIR a folder whose parents others may enter (under /srv "
+                    "or /tmp, say), or start the server as a user other than root.",
+                )
             _init_database(where, user)
+            _await_stale_postmaster(where)
             postgres_port = _free_port("127.0.0.1")
             postgres = _start_postgres(where, postgres_port, user), postgres_port
         shown = f"[{host}]" if ":" in host else host
@@ -447,8 +542,7 @@ def stop(where: Path | None = None) -> list[str]:
     stopped: list[str] = []
     with _locked(where):
         state = _read_state(where)
-        if state is not None and _alive(state.mlflow_pid, _mlflow_marker(state)):
-            _stop_pid(state.mlflow_pid, signal.SIGTERM, group=True)
+        if state is not None and state.mlflow_pid and _stop_mlflow(state.mlflow_pid):
             stopped.append(f"MLflow server (pid {state.mlflow_pid}, {state.uri})")
         if (postgres := _postgres_running(where)) is not None:
             _stop_pid(postgres[0], signal.SIGINT, group=False)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from reprise import owners, paths
-from reprise.components import has_credentials, redact, refuse_credentials, scrub
+from reprise.components import (
+    has_credentials,
+    redact,
+    refuse_credentials,
+    scrub,
+    strip_credentials,
+)
 from reprise.errors import RepriseError
 
 # MLflow is imported where it is used: a second or more of start-up that some commands skip.
@@ -35,18 +43,59 @@ def use_defaults() -> str:
     sqlite store's file; end KILLED its runs whose owner process is gone (reprise.owners); return
     the experiment id."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     os.environ.setdefault("REPRISE_STATE_DIR", str(paths.state_dir()))
     os.environ["MLFLOW_TRACKING_URI"] = store_uri()
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=_artifact_location())
+    with _opening_store(os.environ["MLFLOW_TRACKING_URI"]):
+        client = MlflowClient()  # it opens the store
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return client.create_experiment(name, artifact_location=_artifact_location())
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            # another pipeline started at the same moment made it: use that one
+            experiment = client.get_experiment_by_name(name)
     owners.reap(client, [experiment.experiment_id])
     return experiment.experiment_id
+
+
+@contextmanager
+def _opening_store(uri: str) -> Iterator[None]:
+    """One process of this machine at a time opens a sqlite store: MLflow makes a new file's
+    tables at its first open, and two processes doing it at once break each other's migration."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    # a lock on the folder, not on a file of its own: nothing is left beside the store
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def busy_store(err: BaseException) -> RepriseError | None:
+    """The one line for a sqlite store that other processes kept locked longer than MLflow
+    waits for it, else None."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith("sqlite:") or "database is locked" not in str(err):
+        return None
+    return RepriseError(
+        f"The sqlite store {uri.removeprefix('sqlite:///')} is busy with other pipelines "
+        "(database is locked longer than MLflow waits).",
+        "to run many pipelines at once use a tracking server: make server, then export "
+        "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (a run left RUNNING is ended KILLED by the "
+        "next command).",
+    )
 
 
 def _artifact_location() -> str | None:
@@ -62,10 +111,15 @@ def _artifact_location() -> str | None:
 
 
 def ui_command() -> str:
-    """The command that shows this store in the MLflow UI."""
+    """What shows this store in the MLflow UI: a tracking server's URL (it serves the UI
+    itself), else the `mlflow ui` command that opens the store."""
     import mlflow
 
-    return f"mlflow ui --backend-store-uri {redact(mlflow.get_tracking_uri())}"
+    uri = mlflow.get_tracking_uri()
+    if uri.lower().startswith(("http://", "https://")):
+        # the browser asks for the login itself: the URL carries none
+        return f"open {strip_credentials(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {redact(uri)}"
 
 
 def run_project(uri: str, **kwargs: Any) -> Any:

@@ -9,9 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,16 +396,19 @@ class TeamServer:
 
 
 @pytest.fixture(scope="session")
-def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamServer]:
+def team_server() -> Iterator[TeamServer]:
     """One tracking server for the session's tests marked xdist_group("team"); stopped by PID."""
     from reprise import team_server as team
 
-    folder = tmp_path_factory.mktemp("team-server")
-    state, _ = team.start(port=free_port(), workers=2, where=folder)
+    # not under pytest's folders: those are closed to other users, and PostgreSQL runs as
+    # nobody when the tests run as root (team_server.closed_parent)
+    folder = Path(tempfile.mkdtemp(prefix="reprise-team-server-"))
     try:
+        state, _ = team.start(port=free_port(), workers=2, where=folder)
         yield TeamServer(state.uri, folder, state.mlflow_pid, state.postgres_pid)
     finally:
         team.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -416,3 +420,41 @@ def team_workspace(tmp_path: Path, team_server: TeamServer) -> Workspace:
         MLFLOW_EXPERIMENT_NAME=f"team-{tmp_path.name}-{os.getpid()}",
     )
     return Workspace(tmp_path, env)
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[str]:
+    """A Ray head of its own on 127.0.0.1 (``ray start --head --block`` in a session of its own,
+    with none of this process's MLflow, Reprise or W&B settings); its address while inside.
+    Stopped by killing that process group by PID, never by `ray stop` (every Ray of the host)."""
+    # Ray's sockets live under the temp dir, whose path must stay short (AF_UNIX paths: 107 bytes)
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port = free_port()
+    env = {k: os.environ[k] for k in ("LANG", "TMPDIR") if k in os.environ}
+    env["PATH"] = "/usr/bin:/bin"  # the workers' PATH is the cluster's, not the driver's
+    # a HOME of its own: with a ~/.ray/auth_token (which a local ray.init writes) the head would
+    # require that token, which a driver sends only when it knows it must
+    env["HOME"] = str(temp)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+         f"--ray-client-server-port={free_port()}",
+         f"--dashboard-agent-listen-port={free_port()}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until_listening(port, process, "the Ray head")
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        # `ray start` takes ~30 s to stop its processes gracefully; the test needs none of that
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        with suppress(ProcessLookupError):  # whatever of the group outlived it
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -7,6 +7,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from evaluation import behaviour_tests, gate
+from registration import set_alias
 from step_kit import Schema, Step, StepError, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.findings import listing as findings_listing
@@ -117,8 +118,8 @@ def main() -> None:
             )
         if args.registered_model_name:
             version = mlflow.register_model(args.model, args.registered_model_name)
-            mlflow.MlflowClient().set_registered_model_alias(
-                version.name, rules["candidate_alias"], version.version
+            set_alias(
+                mlflow.MlflowClient(), version.name, rules["candidate_alias"], version.version
             )
             step.record_output("registered_model", f"models:/{version.name}/{version.version}")
 
