@@ -201,7 +201,19 @@ def running(where: Path | None = None) -> Running | None:
 
 @contextlib.contextmanager
 def _locked(where: Path) -> Iterator[None]:
-    """One start or stop at a time per folder: a second waits for the first."""
+    """One start or stop at a time per folder: a second waits for the first. The folder is the
+    server's own: a file, or a folder holding other things, is refused before anything is written."""
+    if where.exists() and not where.is_dir():
+        raise RepriseError(
+            f"The tracking server's folder {where} is a file.",
+            "give REPRISE_SERVER_DIR a folder of its own (new or empty).",
+        )
+    if where.is_dir() and any(where.iterdir()) and not (where / ".lock").exists():
+        raise RepriseError(
+            f"The tracking server's folder {where} holds other files: the server would write its "
+            "database and artifacts among them.",
+            "give REPRISE_SERVER_DIR a folder of its own (new or empty).",
+        )
     where.mkdir(parents=True, exist_ok=True)
     with open(where / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

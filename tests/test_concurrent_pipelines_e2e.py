@@ -169,19 +169,6 @@ def test_four_pipelines_at_once_on_one_new_sqlite_file(tmp_path: Path) -> None:
     _assert_pipelines(MlflowClient(uri), "shared", PIPELINES, ["get_data", "basic_cleaning"])
 
 
-@pytest.mark.e2e
-def test_four_pipelines_at_once_each_on_its_own_default_store(tmp_path: Path) -> None:
-    clones = _clones(tmp_path)
-    results = _run_at_once([(clone, _env(clone, None, "own"), FIRST_STEPS) for clone in clones])
-    for clone, (code, output) in zip(clones, results, strict=True):
-        assert code == 0, output[-3000:]
-        database = clone.parent / f"{clone.name}-state" / "mlflow.db"
-        with sqlite3.connect(database) as db:
-            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        uri = f"sqlite:///{database}"
-        _assert_pipelines(MlflowClient(uri), "own", 1, ["get_data", "basic_cleaning"])
-
-
 def _open_at_once(tmp_path: Path, env: dict[str, str], count: int = PIPELINES) -> list[str]:
     """Four processes open the store of ``env`` (and its experiment) at the same moment; the
     experiment id each one got."""

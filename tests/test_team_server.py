@@ -88,3 +88,25 @@ def test_a_run_shows_a_servers_url_and_a_stores_ui_command(uri: str, shown: str)
         assert tracking.ui_command() == shown
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder of other files"])
+def test_a_server_folder_that_is_not_its_own_is_refused_before_anything_is_written(
+    tmp_path: Path, kind: str
+) -> None:
+    from reprise import team_server
+    from reprise.errors import RepriseError
+
+    where = tmp_path / "server"
+    if kind == "file":
+        where.write_text("mine\n")
+    else:
+        where.mkdir()
+        (where / "notes.txt").write_text("mine\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(RepriseError) as refused:
+        team_server.start(port=1, where=where)
+    assert "Fix: give REPRISE_SERVER_DIR a folder of its own (new or empty)." in str(refused.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    with pytest.raises(RepriseError):
+        team_server.stop(where)
