@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import code_state, python, record, serve_components
+from common import code_state, python, record, run_env, serve_components
 
 
 def run(env: dict[str, str], *args: str) -> tuple[float, dict[str, float], str]:
@@ -92,14 +92,7 @@ def main() -> None:
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
     base = Path(tempfile.mkdtemp(prefix="reprise-bench-cache-"))
     daemon, url = serve_components(base)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
-    env |= {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
-        "REPRISE_STATE_DIR": str(base),
-        "REPRISE_CACHE_DIR": str(base / "cache"),
-        "WANDB_MODE": "disabled",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-    }
+    env = run_env(base, f"sqlite:///{base / 'mlflow.db'}")
     if not args.keep_envs:
         env["MLFLOW_ENV_ROOT"] = str(base / "envs")  # new uv environments: a cold run
     pins = [

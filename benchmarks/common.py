@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def run_env(state: Path, tracking_uri: str, experiment: str | None = None) -> dict[str, str]:
+    """This process's environment for a benchmark's pipelines: the store at ``tracking_uri``,
+    state and checkout cache under ``state``, W&B off, this venv's bin first on PATH."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_"))
+    }
+    env |= {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "REPRISE_STATE_DIR": str(state),
+        "REPRISE_CACHE_DIR": str(state / "cache"),
+        "WANDB_MODE": "disabled",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    if experiment is not None:
+        env["MLFLOW_EXPERIMENT_NAME"] = experiment
+    return env
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def record(lines: list[str], append: bool = True) -> None:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, code_state, python, record
+from common import ROOT, code_state, free_port, python, record, run_env
 
 MODEL_NAME = "adult_income"
 EXPERIMENT = "reprise-bench"
@@ -89,20 +89,7 @@ class Store:
 def bench_env(base: Path, tracking_uri: str) -> dict[str, str]:
     """This process's environment with the store at ``tracking_uri``, state under ``base``, and
     this venv's bin first on PATH (uvicorn and mlflow from it)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "WANDB_", "REPRISE_", "HYDRA_"))
-    }
-    env |= {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
-        "REPRISE_STATE_DIR": str(base),
-        "REPRISE_CACHE_DIR": str(base / "cache"),
-        "WANDB_MODE": "disabled",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-    }
-    return env
+    return run_env(base, tracking_uri, EXPERIMENT)
 
 
 def make_store(base: Path, tracking_uri: str | None, version: str | None = None) -> Store:
@@ -171,12 +158,6 @@ def model_columns(store: Store) -> list[str]:
     mlflow.set_tracking_uri(store.tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}/{store.version}")
     return info.signature.inputs.input_names()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- servers ------------------------------------------------------------------------------------

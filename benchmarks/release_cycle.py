@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import ROOT, git, record, serve_components
+from common import ROOT, git, record, run_env, serve_components
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -38,15 +38,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="reprise-bench-release-"))
     daemon, components_url = serve_components(base)
     project_url = components_url.replace("components.git", "reprise.git")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
-    env |= {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'mlflow.db'}",
-        "MLFLOW_EXPERIMENT_NAME": "reprise",
-        "REPRISE_STATE_DIR": str(base),
-        "REPRISE_CACHE_DIR": str(base / "cache"),
-        "WANDB_MODE": "disabled",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-    }
+    env = run_env(base, f"sqlite:///{base / 'mlflow.db'}", "reprise")
     try:
         work = base / "work"
         git("clone", "-q", str(ROOT), str(work))

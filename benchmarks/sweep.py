@@ -25,19 +25,13 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from common import ROOT, code_state, python, record
+from common import ROOT, code_state, free_port, python, record, run_env
 
 from reprise import team_server
 
 DEPTHS = "6,8,10,12"
 LEAVES = "1,20,50"
 EXPERIMENT = "bench-sweep"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_ray_head(temp: Path, cpus: int) -> tuple[subprocess.Popen, str]:
@@ -126,15 +120,7 @@ def main() -> None:
     head = None
     # Ray's sockets live under its temp dir, whose path must stay short
     ray_temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
-    env |= {
-        "MLFLOW_TRACKING_URI": server.uri,
-        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
-        "REPRISE_STATE_DIR": str(base / "state"),
-        "REPRISE_CACHE_DIR": str(base / "state" / "cache"),
-        "WANDB_MODE": "disabled",
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-    }
+    env = run_env(base / "state", server.uri, EXPERIMENT)
     rows = []
     try:
         python("-m", "reprise", "run", f"etl.sample={args.sample}", env=env)

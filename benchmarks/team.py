@@ -16,24 +16,17 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, code_state, record
+from common import ROOT, code_state, free_port, record, run_env
 
 from reprise import team_server
 
 TIMEOUT_S = 3600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(env: dict[str, str], overrides: list[str], log_file: Path) -> subprocess.Popen:
@@ -74,15 +67,7 @@ def measure(
     for i in range(count):
         state = base / experiment / str(i)
         state.mkdir(parents=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
-        env |= {
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MLFLOW_EXPERIMENT_NAME": experiment,
-            "REPRISE_STATE_DIR": str(state),
-            "REPRISE_CACHE_DIR": str(state / "cache"),
-            "WANDB_MODE": "disabled",
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        }
+        env = run_env(state, tracking_uri, experiment)
         envs.append((env, state / "run.log"))
     started = time.monotonic()
     codes = []

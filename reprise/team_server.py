@@ -303,46 +303,32 @@ def _wait(what: str, ready: object, process: subprocess.Popen[bytes], log_file: 
     )
 
 
-def _postgres_ready(port: int, pgpass: Path) -> bool:
-    env = {**os.environ, "PGPASSFILE": str(pgpass), "PGCONNECT_TIMEOUT": "2"}
-    done = subprocess.run(
-        [
-            str(_postgres_bin() / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            DB_USER,
-            "-d",
-            "postgres",
-            "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'",
-        ],
+def _postgres_client(
+    tool: str, port: int, pgpass: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run PostgreSQL's client ``tool`` (psql, createdb) as the database user, on TCP."""
+    return subprocess.run(
+        [str(_postgres_bin() / tool), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PGPASSFILE": str(pgpass), "PGCONNECT_TIMEOUT": "2"},
         timeout=30,
     )
+
+
+def _postgres_ready(port: int, pgpass: Path) -> bool:
+    """Whether PostgreSQL answers; once it does, the MLflow database exists (made if missing)."""
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"
+    done = _postgres_client("psql", port, pgpass, "-d", "postgres", "-tAc", query)
     if done.returncode != 0:
         return False
     if done.stdout.strip() != "1":
-        subprocess.run(
-            [
-                str(_postgres_bin() / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                DB_USER,
-                DB_NAME,
-            ],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=30,
-        )
+        made = _postgres_client("createdb", port, pgpass, DB_NAME)
+        if made.returncode != 0:
+            raise RepriseError(
+                f"PostgreSQL did not make the database {DB_NAME}: {made.stderr.strip()}",
+                "read the PostgreSQL log in the server folder, then start again.",
+            )
     return True
 
 
