@@ -388,7 +388,10 @@ def cmd_server(args: argparse.Namespace) -> int:
         write_line(f"Running at {found.uri}" if found else f"No tracking server runs ({where}).")
         return 0 if found else 1
     if args.workers < 1:
-        raise RepriseError(f"--workers {args.workers} is below 1.", "give WORKERS=1 or more.")
+        raise RepriseError(
+            f"--workers {args.workers} is below 1.",
+            "give --workers 1 or more (make server SERVER_WORKERS=1).",
+        )
     state, already = team_server.start(args.host, args.port, args.workers, where)
     write_line(
         f"{'Already running' if already else 'Started'}: MLflow server {state.uri} "

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -285,7 +285,9 @@ def _init_database(where: Path, user: tuple[int, int] | None) -> None:
     fresh.replace(data)
 
 
-def _wait(what: str, ready: object, process: subprocess.Popen[bytes], log_file: Path) -> None:
+def _wait(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], log_file: Path
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -293,7 +295,7 @@ def _wait(what: str, ready: object, process: subprocess.Popen[bytes], log_file: 
                 f"{what} stopped at start (exit {process.returncode}): {_log_tail(log_file)}",
                 f"read {log_file}; `make server-stop` then `make server` starts both again.",
             )
-        if ready():  # type: ignore[operator]
+        if ready():
             return
         time.sleep(0.25)
     _stop_pid(process.pid, signal.SIGTERM, group=True)
