@@ -15,7 +15,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.synced
 
 export UV_PYTHON_DOWNLOADS := never
-export UV_COMPILE_BYTECODE := 1
+# bytecode compiled at install (every later import is fast); UV_COMPILE_BYTECODE=0 skips it
+UV_COMPILE_BYTECODE ?= 1
+export UV_COMPILE_BYTECODE
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 STEPS ?= all

@@ -159,8 +159,9 @@ def _install(venv: Path, failed_log: Path) -> str:
             ("python -m venv", [sys.executable, "-m", "venv", str(venv)]),
             ("pip install uv", [*pip, f"uv=={pins().get('uv', '')}".rstrip("=")]),
         ]
-    # bytecode once now, or every step's `import mlflow` compiles for seconds
-    install = [uv, "pip", "install", "--python", python, "--compile-bytecode"]
+    # bytecode once now, or every step's `import mlflow` compiles for seconds (where Python may
+    # not write it: PYTHONDONTWRITEBYTECODE); UV_COMPILE_BYTECODE=0 in the environment skips it
+    install = [uv, "pip", "install", "--python", python]
     commands.append(("uv pip install", [*install, "-r", str(REQUIREMENTS)]))
     log_file = venv.parent / "install.log"
     log.info(
@@ -175,7 +176,11 @@ def _install(venv: Path, failed_log: Path) -> str:
             output.flush()
             try:
                 status: int | str = subprocess.run(
-                    command, stdout=output, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT_S
+                    command,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=INSTALL_TIMEOUT_S,
+                    env={"UV_COMPILE_BYTECODE": "1", **os.environ},
                 ).returncode
             except (OSError, subprocess.TimeoutExpired) as err:
                 status = str(err)

@@ -107,7 +107,10 @@ def _copy_components(dest: Path) -> None:
         COMPONENTS,
         dest,
         symlinks=True,
-        ignore=shutil.ignore_patterns("__pycache__", "tests", "*.pyc", "wandb", "mlruns"),
+        # a checkout's environments and caches are nobody's source (a fresh clone has none)
+        ignore=shutil.ignore_patterns(
+            "__pycache__", "tests", "*.pyc", "wandb", "mlruns", ".venv", ".tools", ".*_cache"
+        ),
     )
 
 

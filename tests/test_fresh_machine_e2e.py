@@ -92,7 +92,7 @@ def fresh(
     subprocess.run([uv, "venv", "-q", "--python", str(python), str(venv)], check=True, timeout=120)
     subprocess.run(
         [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
-         "--compile-bytecode", f"mlflow=={locked_mlflow()}"],
+         f"mlflow=={locked_mlflow()}"],
         check=True,
         timeout=600,
     )  # fmt: skip
@@ -110,6 +110,7 @@ def fresh(
         TMPDIR=str(base / "tmp"),  # MLflow's clones, so that the test can look inside them
         XDG_STATE_HOME=str(base / "state"),
         REPRISE_CACHE_DIR=str(base / "cache"),
+        UV_COMPILE_BYTECODE="0",  # as for the whole session (conftest.py)
     )
     return FreshMachine(base, env, f"{git_server.url}/fresh-reprise.git#project")
 
