@@ -41,7 +41,7 @@ OUTPUT ?=
 ENGINE ?= local
 ON_ERROR ?= fail
 
-.PHONY: help setup run test test-fast lint format lock clean release verify restore promote \
+.PHONY: help setup run test test-unit test-e2e typecheck lint format lock clean release verify restore promote \
 	releases release-components publish-components predict
 
 help: ## List the commands
@@ -61,12 +61,21 @@ setup: $(STAMP) ## Make the pinned environment (.venv) from uv.lock; does nothin
 run: setup ## Run the whole pipeline on the bundled data (STEPS=..., OVERRIDES="key=value ...")
 	$(PY) -m reprise run --steps $(call quoted,$(STEPS)) --overrides $(call quoted,$(OVERRIDES))
 
-# Two workers for the two cores; each end-to-end file's store is made once, in one worker.
-test: lint ## Run the lint, then every test, the slow end-to-end ones included
-	$(PY) -m pytest -n 2 --dist loadgroup
+# Each end-to-end file's store is made once, in one worker. Three workers on two cores: the end-to-end
+# tests wait (servers starting, git, HTTP, installs) about a fifth of the time, which a third fills.
+PYTEST_WORKERS ?= 3
 
-test-fast: lint ## Run the lint, then the tests without the slow end-to-end ones
-	$(PY) -m pytest -m "not e2e"
+test: lint typecheck ## Run the lint and the type check, then every test: the unit and the end-to-end tier
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+test-unit: setup ## Run the fast tier only: tests/unit and the components' tests (no server, no pipeline)
+	$(PY) -m pytest tests/unit components-repo -m "not e2e"
+
+test-e2e: setup ## Run the end-to-end tier only: tests/e2e (git servers, tracking stores, pipelines; minutes)
+	$(PY) -m pytest tests/e2e -n $(PYTEST_WORKERS) --dist loadgroup
+
+typecheck: setup ## Check the platform's types (mypy: every function typed, no Any returned as a type)
+	$(VENV)/bin/mypy
 
 release: setup ## Cut a release: PART=patch|minor|major (runs the pipeline, writes releases/X.Y.Z.yaml, tags)
 	$(PY) -m reprise release $(call flag,--part,$(PART))
@@ -106,6 +115,14 @@ server: setup ## Start a team's tracking server here: PostgreSQL + mlflow server
 
 server-stop: setup ## Stop the tracking server that make server started (both processes, by PID)
 	$(PY) -m reprise server stop
+
+# make ui: PORT= of the MLflow UI (5001 unless PORT is given on the command line or in the
+# environment: make server's 5000 and make serve's 8000 are not it).
+UI_PORT := $(if $(filter command line environment,$(origin PORT)),$(PORT),5001)
+.PHONY: ui
+
+ui: setup ## Show the runs in the MLflow UI on 127.0.0.1:5001 (PORT=); with an http(s) MLFLOW_TRACKING_URI, name the server's URL
+	$(PY) -m reprise ui --port $(call quoted,$(UI_PORT))
 
 # make serve: the model to serve (RELEASE=X.Y.Z a release's, MODEL=a models:/ URI; neither: the
 # prod alias, followed as it moves) and where; SERVE_ARGS passes more (--poll-seconds, ...).
@@ -154,5 +171,5 @@ doctor: setup ## End runs left RUNNING by a process that is gone, remove their t
 	$(PY) -m reprise doctor
 
 clean: ## Remove local run state (MLflow store, artifacts, W&B offline runs, outputs) and caches
-	rm -rf mlflow.db mlartifacts mlruns wandb outputs multirun .pytest_cache .ruff_cache
+	rm -rf mlflow.db mlartifacts mlruns wandb outputs multirun .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

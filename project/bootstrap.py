@@ -234,7 +234,12 @@ def record_failure(message: str) -> None:
 
 def main(argv: list[str]) -> None:
     """Check Python, find or make the environment, and exec main.py in it with ``argv``."""
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    # the platform's level (python -m reprise --log-level), as the steps take it; INFO otherwise
+    level = os.environ.get("REPRISE_LOG_LEVEL", "").upper()
+    logging.basicConfig(
+        level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else logging.INFO,
+        format="[%(asctime)s][%(name)s] %(message)s",
+    )
     env = dict(os.environ)
     try:
         check_python()

@@ -22,12 +22,12 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from reprise.components import ResolvedComponent
+from reprise.tags import CACHE_KEY_TAG as KEY_TAG
+from reprise.tags import CACHE_PARTS_TAG as PARTS_TAG
+from reprise.tags import CACHED_FROM_TAG, COMPONENT_PREFIX, OUTPUT_PREFIX, STEP_TAG
 
 log = logging.getLogger(__name__)
 
-KEY_TAG = "reprise.cache.key"
-PARTS_TAG = "reprise.cache.parts"
-CACHED_FROM_TAG = "reprise.cached_from"
 ENTRY_POINT = "main"
 # Files of a component folder that do not change what it computes.
 IGNORED = {"__pycache__", "tests", ".pytest_cache"}
@@ -149,7 +149,7 @@ def record_hit(
     tags = {
         k: v
         for k, v in origin.data.tags.items()
-        if k.startswith(("reprise.output.", "reprise.component.")) or k == "reprise.step"
+        if k.startswith((OUTPUT_PREFIX, COMPONENT_PREFIX)) or k == STEP_TAG
     }
     tags |= {
         "mlflow.parentRunId": parent_id,
@@ -163,7 +163,7 @@ def record_hit(
     metrics = [Metric(k, v, 0, 0) for k, v in origin.data.metrics.items()]
     client.log_batch(run.info.run_id, metrics=metrics, tags=[RunTag(CACHED_FROM_TAG, source)])
     client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 def remember(client: MlflowClient, run_id: str, key: StepKey) -> None:

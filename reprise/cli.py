@@ -9,16 +9,34 @@ import shlex
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from reprise import owners
-from reprise.components import redact
+from reprise import owners, paths
+from reprise.credentials import redact
 from reprise.errors import RepriseError
 from reprise.project_args import split_options
+
+if TYPE_CHECKING:  # reprise.api loads the config machinery (0.4 s): `--help` must not pay it
+    from reprise.api import ProjectRunFailed
 
 log = logging.getLogger("reprise")
 # Commands whose pipeline a signal stops, its runs ended KILLED.
 STOPPABLE = ("run", "release", "verify")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def platform_version() -> str:
+    """The platform's version: the checkout's .bumpversion.cfg (what a release bumps, current
+    before the venv is synced again), else the installed package's."""
+    from reprise.versioning import current_version
+
+    config = paths.ROOT / ".bumpversion.cfg"
+    if config.is_file():
+        return current_version(config)
+    from importlib.metadata import version
+
+    return version("reprise")
 
 
 def write_line(line: str = "") -> None:
@@ -33,16 +51,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     less than `mlflow run project`); a sweep (-m) goes through the MLflow project, as Hydra's
     multirun needs its own app. A sweep with any failed point exits 1, after its summary.
     """
-    from mlflow.projects import ExecutionException
-
-    from reprise import api, paths, sweep, tracking
-
     try:
         given = split_options(args.overrides_text, "OVERRIDES") + args.overrides
     except RepriseError as err:
         log.error("bad configuration: %s", err)
         return 1
-    overrides = [*given, *(["main.cache=false"] if args.no_cache else [])]
+    if args.list_steps:  # before MLflow's import: listing needs only the config
+        return _list_steps(given)
+    from reprise import api, sweep, tracking
+
+    # `run -m key=a,b` is the sweep `run -- -m key=a,b` gives
+    sweep_flag = ["-m"] if args.multirun else []
+    overrides = [*sweep_flag, *given, *(["main.cache=false"] if args.no_cache else [])]
     if not {"-m", "--multirun"} & set(overrides):
         return _run_in_process(args.steps, overrides)
     experiment_id = tracking.use_defaults()
@@ -52,23 +72,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         except RepriseError as err:
             log.error("sweep refused: %s", err)
             return 1
-    api.use_this_python()
     try:
-        submitted = tracking.run_project(
-            str(paths.PROJECT_DIR),
-            entry_point="main",
+        run_id = api.run_project(
+            paths.PROJECT_DIR,
             # main.py splits hydra_options as shell words: join so that each override comes back
-            parameters={"steps": args.steps, "hydra_options": shlex.join(overrides)},
-            experiment_id=experiment_id,
-            env_manager="local",
-            run_name="pipeline",
+            {"steps": args.steps, "hydra_options": shlex.join(overrides)},
+            experiment_id,
         )
-    except ExecutionException as err:
-        if run_id := tracking.failed_run_id(str(err)):
-            _print_summary(run_id)  # the points that ran, then the line that names the failed ones
-        log.error("%s", _failure_line(str(err)))
+    except api.ProjectRunFailed as err:
+        if err.run_id:
+            _print_summary(err.run_id)  # the points that ran, then the line naming the failed
+        log.error("%s", _failure_line(err))
         return 1
-    _print_summary(submitted.run_id)
+    _print_summary(run_id)
     return 0
 
 
@@ -87,13 +103,82 @@ def _run_in_process(steps: str, overrides: list[str]) -> int:
     return 0
 
 
-def _failure_line(message: str) -> str:
-    """The pipeline run's recorded cause (tag reprise.error), else a pointer to the log."""
-    from reprise import tracking
+def _list_steps(overrides: list[str]) -> int:
+    """Print the declared steps in running order, one a line with the component each runs."""
+    from reprise import graph
 
-    if cause := tracking.recorded_cause(message):
-        return f"pipeline failed: {cause}"
-    return f"pipeline failed ({message.splitlines()[0]}); the cause is the error above."
+    pipeline = graph.declared(graph.project_config(overrides=overrides))
+    width = max(map(len, pipeline.names))
+    for step in pipeline.steps.values():
+        write_line(f"{step.name:<{width}}  {step.component}")
+    return 0
+
+
+def declared_steps_line(root: Path = paths.ROOT) -> str:
+    """The line that closes `run --help`: the steps the project in ``root`` declares, or why they
+    are not known (a broken config must not break the help; the run itself says what is wrong)."""
+    from reprise import graph
+
+    try:
+        names = graph.declared(graph.project_config(root)).names
+    except Exception as err:  # any failure of the config: the help still prints
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"Declared steps: unknown, the project's config does not compose ({cause})."
+    return (
+        f"Declared steps (in running order): {', '.join(names)}. "
+        "--list-steps shows the component each runs."
+    )
+
+
+class _HelpWithSteps(argparse.Action):
+    """run's -h: its help, closed by the declared steps, read only now (composing the config
+    costs about a second that no other start of the command should pay)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        parser.epilog = declared_steps_line()
+        parser.print_help()
+        parser.exit()
+
+
+class _PrintVersion(argparse.Action):
+    """--version: the platform's version, read only when asked for (not at every start)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        write_line(f"{parser.prog} {platform_version()}")
+        parser.exit()
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless the help says it already or there is none
+    to show (an empty or absent value, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (
+            "(default" in (action.help or "")
+            or action.default in (None, "")
+            or action.default is False
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _failure_line(err: ProjectRunFailed) -> str:
+    """The pipeline run's recorded cause (tag reprise.error), else a pointer to the log."""
+    if err.recorded:
+        return f"pipeline failed: {err.recorded}"
+    return f"pipeline failed ({err.message.splitlines()[0]}); the cause is the error above."
 
 
 def _print_summary(parent_id: str) -> None:
@@ -102,6 +187,7 @@ def _print_summary(parent_id: str) -> None:
 
     from reprise import tracking
     from reprise.pipeline import HEADLINE
+    from reprise.tags import COMPONENT_SHA_TAG, REGISTERED_MODEL_TAG
 
     client = MlflowClient()
     parent = client.get_run(parent_id)
@@ -117,7 +203,7 @@ def _print_summary(parent_id: str) -> None:
     for child in children:
         seconds = (child.info.end_time - child.info.start_time) / 1000 if child.info.end_time else 0
         tags = child.data.tags
-        sha = tags.get("reprise.component.sha", "")[:12] or "-"
+        sha = tags.get(COMPONENT_SHA_TAG, "")[:12] or "-"
         write_line(
             f"  {tags.get('mlflow.runName', '?'):<22} {child.info.status:<9} {seconds:6.1f} s  "
             f"run {child.info.run_id}  commit {sha}"
@@ -127,10 +213,10 @@ def _print_summary(parent_id: str) -> None:
                 write_line(f"      {key} = {value:.4f}")
             elif key == "threshold":
                 write_line(f"      decision threshold = {value:.4f}")
-        if model := tags.get("reprise.output.registered_model"):
+        if model := tags.get(REGISTERED_MODEL_TAG):
             write_line(f"      registered model: {model}")
     write_line()
-    write_line(f"Look at it: {tracking.ui_command()}")
+    write_line(f"Look at it: {tracking.ui_hint()}")
     write_line(f"Tracking URI: {redact(mlflow.get_tracking_uri())}")
 
 
@@ -205,10 +291,47 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reprise", description=__doc__)
+    """The command line: global options, then a subcommand; every --help shows the defaults."""
+    parser = argparse.ArgumentParser(
+        prog="reprise", description=__doc__, formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--version",
+        action=_PrintVersion,
+        nargs=0,
+        default=argparse.SUPPRESS,
+        help="print the platform's version and exit",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("REPRISE_LOG_LEVEL") or "INFO",
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="what the platform and its steps log (the steps get it as REPRISE_LOG_LEVEL) "
+        "(default: $REPRISE_LOG_LEVEL, else INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline on the embedded defaults")
-    run.add_argument("--steps", default="all", help="comma-separated steps, or all")
+    run = sub.add_parser("run", help="run the pipeline on the embedded defaults", add_help=False)
+    run.add_argument(
+        "-h",
+        "--help",
+        action=_HelpWithSteps,
+        nargs=0,
+        default=argparse.SUPPRESS,
+        help="show this help message, with the declared steps, and exit",
+    )
+    run.add_argument("--steps", default="all", help="comma-separated declared steps, or all")
+    run.add_argument(
+        "--list-steps",
+        action="store_true",
+        help="print the declared steps, one a line with the component each runs, and exit",
+    )
+    run.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="a sweep: a run per combination of comma-separated values, e.g. -m "
+        "model.max_depth=4,8 (Hydra's multirun; the same as run -- -m ...)",
+    )
     run.add_argument("--no-cache", action="store_true", help="run every step (main.cache=false)")
     run.add_argument(
         "--overrides",
@@ -225,35 +348,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     release = sub.add_parser("release", help="cut a release of the project: make release")
     release.add_argument("--part", required=True, choices=["patch", "minor", "major"])
-    release.set_defaults(handler=lambda a: _call("reprise.release", "cut", a.part))
+    release.set_defaults(handler=cmd_release)
 
     verify = sub.add_parser("verify", help="rerun a release and compare it with its manifest")
     verify.add_argument("version", help="X.Y.Z of the release")
     verify.add_argument("--run", default="", help="compare this pipeline run instead of rerunning")
-    verify.set_defaults(handler=lambda a: _call("reprise.release", "verify", a.version, a.run))
+    verify.set_defaults(handler=cmd_verify)
 
     restore = sub.add_parser("restore", help="the project and its components as a release had them")
     restore.add_argument("version", help="X.Y.Z of the release")
     restore.add_argument("dest", help="an empty or absent folder")
-    restore.set_defaults(handler=lambda a: _call("reprise.release", "restore", a.version, a.dest))
+    restore.set_defaults(handler=cmd_restore)
 
     promote = sub.add_parser("promote", help="alias a release's model version prod")
     promote.add_argument("version", help="X.Y.Z of the release")
-    promote.set_defaults(handler=lambda a: _call("reprise.release", "promote", a.version))
+    promote.set_defaults(handler=cmd_promote)
 
     releases = sub.add_parser("releases", help="list the releases and their key metrics")
     releases.add_argument(
         "--remote", action="store_true", help="also list the origin's release tags (fetched)"
     )
-    releases.set_defaults(handler=lambda a: _call("reprise.release", "list_releases", a.remote))
+    releases.set_defaults(handler=cmd_releases)
 
     crel = sub.add_parser("release-components", help="cut a release of components-repo/")
     crel.add_argument("--part", required=True, choices=["patch", "minor", "major"])
-    crel.set_defaults(handler=lambda a: _call("reprise.components_release", "release", a.part))
+    crel.set_defaults(handler=cmd_release_components)
 
     pub = sub.add_parser("publish-components", help="push components-repo/ as a repository")
     pub.add_argument("remote", help="git URI of the components repository to push to")
-    pub.set_defaults(handler=lambda a: _call("reprise.components_release", "publish", a.remote))
+    pub.set_defaults(handler=cmd_publish_components)
 
     serve = sub.add_parser("serve", help="serve a model over HTTP (REST, MLflow's protocol too)")
     which = serve.add_mutually_exclusive_group()
@@ -332,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail",
         help="a bad row stops everything (fail) or goes to <output stem>.quarantine.<suffix>",
     )
-    predict.add_argument("--engine", choices=["local", "spark"], default="local")
+    predict.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="score in processes of this machine (local) or on Spark (Java 17 and the spark extra)",
+    )
     predict.add_argument(
         "--overwrite",
         action="store_true",
@@ -364,13 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser(
         "server",
         help="a team's tracking server here: PostgreSQL + mlflow server (make server)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     server.add_argument("action", choices=("start", "stop", "status"), help="what to do")
     server.add_argument("--host", default="127.0.0.1", help="the address the MLflow server binds")
     server.add_argument("--port", type=int, default=5000, help="the MLflow server's port")
     server.add_argument("--workers", type=int, default=2, help="the MLflow server's processes")
     server.set_defaults(handler=cmd_server)
+
+    ui = sub.add_parser(
+        "ui", help="the MLflow UI on the tracking store, or the tracking server's URL (make ui)"
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="the address the UI binds")
+    ui.add_argument("--port", type=int, default=5001, help="the UI's port (make server's is 5000)")
+    ui.set_defaults(handler=cmd_ui)
+
+    for command in sub.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
     return parser
 
 
@@ -404,11 +541,29 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on the tracking store with this interpreter's mlflow (the venv's bin
+    need not be on PATH), or, for a tracking server, say its URL: it serves the UI itself."""
+    from reprise import tracking
+
+    uri = tracking.store_uri()
+    if url := tracking.server_url(uri):
+        write_line(f"open {url} in a browser")
+        return 0
+    log.info("MLflow UI of %s on http://%s:%d (Ctrl-C stops it)", redact(uri), args.host, args.port)
+    sys.stderr.flush()
+    # the UI becomes this process: its PID is the one to stop, and no Python of ours waits on it
+    os.execv(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", *tracking.ui_arguments(uri)]
+        # one viewer: one worker process, not MLflow's four
+        + ["--host", args.host, "--port", str(args.port), "--workers", "1"],
+    )
+
+
 def cmd_new_component(args: argparse.Namespace) -> int:
     """Write a new component folder, then say what to edit next."""
-    from pathlib import Path
-
-    from reprise import new_component, paths
+    from reprise import new_component
 
     created = new_component.create(args.name, Path(args.components_dir or paths.COMPONENTS_DIR))
     write_line(f"Created component {args.name} in {created.folder}")
@@ -425,6 +580,84 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     pipeline = graph.declared(graph.project_config(overrides=args.overrides))
     write_line(graph.as_mermaid(pipeline) if args.mermaid else graph.as_text(pipeline))
+    return 0
+
+
+# The release commands import their module only when they run: mlflow alone takes seconds to
+# import, which `--help` and the other commands must not pay.
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """Cut a release of the project (reprise/release.py)."""
+    from reprise import release
+
+    release.cut(args.part)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Rerun a release (or take a given run), print the comparison with its manifest; 1 when
+    anything differs."""
+    from reprise import release, report
+
+    result = release.verify(args.version, args.run)
+    for line in report.verification_lines(result):
+        write_line(line)
+    if result.registry_unchanged is False:  # the tag's own orchestrator predates main.register
+        log.warning(
+            "the rerun of release %s changed model %s in the registry",
+            result.version,
+            result.model_name,
+        )
+    if different := result.different:
+        log.error(
+            "release %s is not reproduced: %d of %d differ (%s)",
+            result.version,
+            len(different),
+            len(result.rows),
+            ", ".join(row.what for row in different[:5]),
+        )
+        return 1
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a release's project and components in a folder."""
+    from reprise import release
+
+    release.restore(args.version, args.dest)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Alias a release's model version prod."""
+    from reprise import release
+
+    release.promote(args.version)
+    return 0
+
+
+def cmd_releases(args: argparse.Namespace) -> int:
+    """Print the releases and their key metrics."""
+    from reprise import release, report
+
+    for line in report.releases_lines(release.list_releases(args.remote)):
+        write_line(line)
+    return 0
+
+
+def cmd_release_components(args: argparse.Namespace) -> int:
+    """Cut a release of components-repo/; the exit code of the components' own release."""
+    from reprise import components_release
+
+    return components_release.release(args.part)
+
+
+def cmd_publish_components(args: argparse.Namespace) -> int:
+    """Push components-repo/ and its release tags as a repository of its own."""
+    from reprise import components_release
+
+    components_release.publish(args.remote)
     return 0
 
 
@@ -448,14 +681,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _call(module: str, function: str, *args: object) -> int:
-    """Import the command's module only when it runs (mlflow alone takes seconds to import)."""
-    import importlib
-
-    result = getattr(importlib.import_module(module), function)(*args)
-    return result if isinstance(result, int) else 0
-
-
 def exit_now(code: int) -> NoReturn:
     """End the command with ``code`` once its exit handlers have run and its output is flushed,
     skipping Python's teardown of every module and object (MLflow's thousands: about 0.6 s of a
@@ -474,16 +699,29 @@ def exit_now(code: int) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` names; its exit code."""
+    args = build_parser().parse_args(argv)
+    level = str(args.log_level).upper()
     logging.basicConfig(
-        level=logging.INFO,
+        level=level if level in LOG_LEVELS else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    args = build_parser().parse_args(argv)
+    if level not in LOG_LEVELS:
+        log.error(
+            "%s",
+            RepriseError(
+                f"Log level '{args.log_level}' is not one of {', '.join(LOG_LEVELS)}.",
+                "give --log-level one of them (or set REPRISE_LOG_LEVEL to one).",
+            ),
+        )
+        return 2
+    os.environ["REPRISE_LOG_LEVEL"] = level  # the steps' processes log at the same level
     # a signal stops these commands' pipelines and ends their runs KILLED, said in one line
     with owners.signals_stop() if args.command in STOPPABLE else nullcontext():
         try:
-            return args.handler(args)
+            code: int = args.handler(args)
+            return code
         except owners.Stopped as stop:
             log.error("%s", owners.stop_below(stop))
             return stop.exit_code

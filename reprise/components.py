@@ -7,19 +7,19 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+# tracking.py and graph.py import these from here (their home is reprise/credentials.py)
+from reprise import git
+from reprise.credentials import has_credentials as has_credentials
+from reprise.credentials import redact, scrub, strip_credentials
+from reprise.credentials import refuse_credentials as refuse_credentials
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
 
-GIT_TIMEOUT_S = 120
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # user@host:path, git's short ssh form
 
@@ -48,126 +48,6 @@ class ResolvedComponent:
     dirty: bool = False
 
 
-# Schemes whose user name is a login, not a secret: ssh needs it (git@host) to authenticate.
-_SSH_SCHEMES = ("ssh", "git+ssh", "ssh+git")
-# A URI anywhere in a text: a scheme, "://", then anything up to a space or a quote.
-_URI_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"]+""")
-
-
-def _secret_userinfo(parts: urllib.parse.SplitResult) -> bool:
-    """True if the URI's user info holds a secret: a password, or (but for ssh) a user name,
-    which many servers take as a token."""
-    if parts.password is not None:
-        return True
-    return parts.username is not None and parts.scheme.lower() not in _SSH_SCHEMES
-
-
-def _with_userinfo(uri: str, userinfo: str) -> str:
-    """``uri`` with ``userinfo`` in place of its own; every other character as it was."""
-    scheme, sep, rest = uri.partition("://")
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    host = rest[:end].rpartition("@")[2]
-    return f"{scheme}{sep}{userinfo}{host}{rest[end:]}"
-
-
-def redact(uri: str) -> str:
-    """The URI without any password or token in it, ``***@`` showing where they were (for
-    messages and logs)."""
-    try:
-        if not _secret_userinfo(urllib.parse.urlsplit(uri)):
-            return uri
-    except ValueError:  # not a URI urllib can read (a bad port, say): hide what looks like one
-        return _CREDENTIALS.sub("://***@", uri)
-    return _with_userinfo(uri, "***@")
-
-
-def strip_credentials(uri: str) -> str:
-    """The URI without its secret user info, as it is recorded (tags, config, manifests): git
-    then takes the credentials from its helper, GIT_ASKPASS or ~/.netrc, so a rerun works."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-        if not _secret_userinfo(parts):
-            return uri
-    except ValueError:
-        return _CREDENTIALS.sub("://", uri)
-    login = parts.username if parts.scheme.lower() in _SSH_SCHEMES else None
-    return _with_userinfo(uri, f"{login}@" if login else "")
-
-
-def has_credentials(text: str) -> bool:
-    """True if a URI anywhere in ``text`` carries a password or token in its user info."""
-    return any(strip_credentials(m.group()) != m.group() for m in _URI_IN_TEXT.finditer(text))
-
-
-def without_credentials(value: Any) -> Any:
-    """``value`` (plain data: a config, a manifest) with every URI in its strings stripped of
-    its credentials; keys and other values as they are."""
-    if isinstance(value, dict):
-        return {k: without_credentials(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_credentials(v) for v in value]
-    if isinstance(value, str) and has_credentials(value):
-        return _URI_IN_TEXT.sub(lambda m: strip_credentials(m.group()), value)
-    return value
-
-
-def find_credentials(value: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, string) of every string in ``value`` (plain data) holding a URI with
-    credentials."""
-    if isinstance(value, dict):
-        return [f for key, item in value.items() for f in find_credentials(item, f"{prefix}{key}.")]
-    if isinstance(value, list):
-        return [f for i, item in enumerate(value) for f in find_credentials(item, f"{prefix}{i}.")]
-    if isinstance(value, str) and has_credentials(value):
-        return [(prefix.rstrip("."), value)]
-    return []
-
-
-def _is_repository_key(key: str) -> bool:
-    """components.repository or components.overrides.<step>.repository: URIs git fetches."""
-    parts = key.split(".")
-    return parts == ["components", "repository"] or (
-        len(parts) == 4 and parts[:2] == ["components", "overrides"] and parts[3] == "repository"
-    )
-
-
-def refuse_credentials(
-    settings: dict[str, Any],
-    what: str = "Setting",
-    consequence: str = ": its step would get it as a parameter, which MLflow and W&B record "
-    "in clear",
-    fix: str = "take them out of the URI: download the file and name its local path, or serve "
-    "it where it needs none.",
-    allowed: Callable[[str], bool] = _is_repository_key,
-) -> None:
-    """Refuse a URI with credentials in any of ``settings`` but the ``allowed`` keys (by default
-    the components' repositories, which git fetches and which are recorded stripped)."""
-    leaked = [(k, v) for k, v in find_credentials(settings) if not allowed(k)]
-    if leaked:
-        key, value = leaked[0]
-        raise RepriseError(
-            f"{what} {key} holds a URI with credentials ({scrub(value)[:200]}){consequence}.", fix
-        )
-
-
-_CREDENTIALS = re.compile(r"://[^/\s]*@")
-
-
-def scrub(text: str, uri: str = "") -> str:
-    """``text`` (git's or Hydra's message, say) without credentials: none of any URI in it, and
-    none of ``uri``'s, however it was quoted."""
-    if uri:
-        text = text.replace(uri, redact(uri))
-    text = _CREDENTIALS.sub("://***@", text)
-    userinfo, at, _ = urllib.parse.urlsplit(uri).netloc.rpartition("@")
-    if at and userinfo:
-        text = text.replace(f"{userinfo}@", "***@")
-        _, colon, secret = userinfo.partition(":")
-        if colon and secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def split_subdirectory(repository: str) -> tuple[str, str]:
     """``uri#sub/dir`` -> (``uri``, ``sub/dir``); no ``#`` -> (``uri``, ``""``)."""
     base, _, subdir = repository.partition("#")
@@ -179,29 +59,16 @@ def is_remote(repository: str) -> bool:
     return "://" in repository or bool(_SCP_LIKE.match(repository))
 
 
-def _git(*args: str, cwd: Path | None = None, timeout: int = GIT_TIMEOUT_S) -> str:
-    # Never prompt (a pipeline would hang); credentials come from git's credential helper, the
-    # user's GIT_ASKPASS or ~/.netrc, and "true" answers empty when none is set.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    env.setdefault("GIT_ASKPASS", "true")
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if result.returncode != 0:
-        raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
-    return result.stdout
-
-
 def list_remote_refs(uri: str) -> dict[str, str]:
     """Refs of a remote repository (``refs/tags/x`` -> SHA), annotated tags peeled to commits."""
     try:
-        out = _git("ls-remote", "--tags", "--heads", uri)
-    except subprocess.TimeoutExpired:
-        raise RepriseError(
-            f"Repository {redact(uri)} did not answer within {GIT_TIMEOUT_S} s.",
-            "check that the git server is up and reachable, then run again.",
-        ) from None
-    except subprocess.CalledProcessError as err:
+        out = git.run("ls-remote", "--tags", "--heads", uri, prompt=False)
+    except git.GitError as err:
+        if err.timed_out:
+            raise RepriseError(
+                f"Repository {redact(uri)} did not answer within {git.TIMEOUT_S} s.",
+                "check that the git server is up and reachable, then run again.",
+            ) from None
         detail = scrub(err.stderr or "", uri).strip().splitlines()
         raise RepriseError(
             f"Repository {redact(uri)} cannot be reached: {detail[-1] if detail else 'git failed'}.",
@@ -245,23 +112,25 @@ def checkout(uri: str, version: str, sha: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=target.parent))
     try:
-        _git("init", "-q", str(staging))
-        _git("remote", "add", "origin", uri, cwd=staging)
+        git.run("init", "-q", str(staging), prompt=False)
+        git.run("remote", "add", "origin", uri, cwd=staging, prompt=False)
         ref = sha if _SHA.match(version) else version
-        _git("fetch", "-q", "--depth", "1", "origin", ref, cwd=staging)
-        _git("checkout", "-q", "--detach", "FETCH_HEAD", cwd=staging)
-        head = _git("rev-parse", "HEAD", cwd=staging).strip()
+        git.run("fetch", "-q", "--depth", "1", "origin", ref, cwd=staging, prompt=False)
+        git.run("checkout", "-q", "--detach", "FETCH_HEAD", cwd=staging, prompt=False)
+        head = git.run("rev-parse", "HEAD", cwd=staging, prompt=False)
         if head != sha:
             raise RepriseError(
                 f"{redact(uri)} at '{version}' fetched commit {head}, but it was resolved to {sha}.",
                 "the ref moved while fetching; run again.",
             )
         # MLflow records this URL
-        _git("remote", "set-url", "origin", strip_credentials(uri), cwd=staging)
+        git.run("remote", "set-url", "origin", strip_credentials(uri), cwd=staging, prompt=False)
         os.replace(staging, target)  # atomic: a half-made checkout is never reused
-    except subprocess.CalledProcessError as err:
+    except git.GitError as err:
+        # a timeout has no words of git's: its own line names the command
+        said = err.stderr if not err.timed_out else err.cause
         raise RepriseError(
-            f"Fetching {redact(uri)} at '{version}' failed: {scrub(err.stderr or '', uri).strip()}.",
+            f"Fetching {redact(uri)} at '{version}' failed: {scrub(said, uri).strip()}.",
             "check that the server allows fetching that ref, then run again.",
         ) from None
     finally:
@@ -272,9 +141,9 @@ def checkout(uri: str, version: str, sha: str, target: Path) -> Path:
 def _local_state(folder: Path) -> tuple[str | None, bool]:
     """(HEAD SHA, has uncommitted changes) of the git work tree holding folder, or (None, False)."""
     try:
-        sha = _git("rev-parse", "HEAD", cwd=folder).strip()
-        dirty = bool(_git("status", "--porcelain", "--", ".", cwd=folder).strip())
-    except (subprocess.CalledProcessError, FileNotFoundError):
+        sha = git.run("rev-parse", "HEAD", cwd=folder, prompt=False)
+        dirty = bool(git.run("status", "--porcelain", "--", ".", cwd=folder, prompt=False))
+    except git.GitError:
         return None, False
     return sha, dirty
 

@@ -6,15 +6,15 @@ as a repository of its own."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from reprise import paths, versioning
-from reprise.components import list_remote_refs, redact, scrub
+from reprise import git, paths, versioning
+from reprise.components import list_remote_refs
+from reprise.credentials import redact, scrub
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -37,19 +37,13 @@ class _Layout:
 def _layout() -> _Layout:
     """The components' folder inside its git repository; refuse when it is in none."""
     folder = paths.COMPONENTS_DIR.resolve()
-    result = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if result.returncode != 0:
+    toplevel = git.attempt("rev-parse", "--show-toplevel", cwd=folder, timeout=60)
+    if toplevel is None:
         raise RepriseError(
             f"{folder} is not inside a git repository.",
             "release and publish the components from a git checkout of the project.",
         )
-    repo = Path(result.stdout.strip()).resolve()
+    repo = Path(toplevel).resolve()
     prefix = folder.relative_to(repo).as_posix()
     if prefix == ".":
         raise RepriseError(
@@ -85,7 +79,7 @@ def publish(remote: str) -> None:
     lay = _layout()
     _require_subtree(lay.repo)
     shown = redact(remote)
-    if versioning.git(lay.repo, "status", "--porcelain", "--", lay.prefix):
+    if git.run("status", "--porcelain", "--", lay.prefix, cwd=lay.repo):
         log.warning("%s has uncommitted changes: only committed ones are published", lay.prefix)
     head = _split(lay, "HEAD")
     releases = _release_tags(lay)
@@ -129,7 +123,7 @@ def _names(releases: dict[str, str]) -> str:
 
 def _require_subtree(repo: Path) -> None:
     """Refuse early when this git has no ``git subtree``."""
-    exec_path = Path(versioning.git(repo, "--exec-path"))
+    exec_path = Path(git.run("--exec-path", cwd=repo))
     if not (exec_path / "git-subtree").exists():
         raise RepriseError(
             f"git subtree is not installed (no git-subtree in {exec_path}).",
@@ -144,7 +138,7 @@ def _release_tags(lay: _Layout) -> dict[str, str]:
     before, _, after = template.partition("{new_version}")
     pattern = re.compile(f"^{re.escape(before)}({SEMVER}){re.escape(after)}$")
     tags = {}
-    for tag in versioning.git(lay.repo, "tag", "--list").splitlines():
+    for tag in git.run("tag", "--list", cwd=lay.repo).splitlines():
         if match := pattern.match(tag):
             tags[tag] = match.group(1)
     return dict(sorted(tags.items(), key=lambda kv: tuple(int(n) for n in kv[1].split("."))))
@@ -152,40 +146,45 @@ def _release_tags(lay: _Layout) -> dict[str, str]:
 
 def _split(lay: _Layout, rev: str) -> str:
     """The commit of components-repo/ alone at ``rev`` (deterministic for the same history)."""
-    out = versioning.git(lay.repo, "subtree", "split", "-q", f"--prefix={lay.prefix}", rev)
+    out = git.run("subtree", "split", "-q", f"--prefix={lay.prefix}", rev, cwd=lay.repo)
     return out.splitlines()[-1].strip()
 
 
 def _push(repo: Path, remote: str, refspecs: list[str], remote_main: str | None, head: str) -> None:
     """``git push --atomic`` without force; a rejected main becomes a RepriseError."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     try:
-        result = subprocess.run(
-            ["git", "push", "--atomic", "--porcelain", remote, *refspecs],
+        git.run(
+            "push",
+            "--atomic",
+            "--porcelain",
+            remote,
+            *refspecs,
             cwd=repo,
-            env=env,
-            capture_output=True,
-            text=True,
             timeout=PUSH_TIMEOUT_S,
+            prompt=False,
         )
-    except subprocess.TimeoutExpired:
-        raise RepriseError(
-            f"Pushing to {redact(remote)} did not finish within {PUSH_TIMEOUT_S} s.",
-            "check that the git server is up and reachable, then publish again.",
-        ) from None
-    if result.returncode == 0:
-        return
-    output = scrub(f"{result.stdout}\n{result.stderr}", remote)
+    except git.GitError as err:
+        if err.timed_out:
+            raise RepriseError(
+                f"Pushing to {redact(remote)} did not finish within {PUSH_TIMEOUT_S} s.",
+                "check that the git server is up and reachable, then publish again.",
+            ) from None
+        raise _refused(err, remote, remote_main, head) from None
+
+
+def _refused(err: git.GitError, remote: str, remote_main: str | None, head: str) -> RepriseError:
+    """The one line for a push git refused: a main that is not ours to move, else git's words."""
+    output = scrub(f"{err.stdout}\n{err.stderr}", remote)
     rejected = [ln for ln in output.splitlines() if ln.startswith("!")]
     if any("refs/heads/main" in ln for ln in rejected):
-        raise RepriseError(
+        return RepriseError(
             f"The main branch of {redact(remote)} ({remote_main}) is not an ancestor of the "
             f"components' history here ({head}); nothing was pushed.",
             "publish from a branch that contains what was published before (merge or rebase "
             "onto it); publishing never forces.",
         )
     detail = [" ".join(ln.split()) for ln in rejected or output.splitlines() if ln.strip()]
-    raise RepriseError(
+    return RepriseError(
         f"Pushing to {redact(remote)} failed: {'; '.join(detail[-3:]) or 'git failed'}.",
         "check the URI, that the repository exists and that you may push to it.",
     )

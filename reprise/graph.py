@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reprise import paths
 from reprise.errors import RepriseError
+from reprise.plain_config import plain_dict
 
 DECLARATION = "project/config/pipeline/"
 STEP_KEYS = {"component", "entry_point", "inputs", "after", "parameters", "outputs"}
@@ -128,7 +129,7 @@ class Pipeline:
         return [s for s in self.names if s in needed]
 
 
-def project_config(root: Path = paths.ROOT, overrides: Sequence[str] = ()) -> Any:
+def project_config(root: Path = paths.ROOT, overrides: Sequence[str] = ()) -> DictConfig:
     """The project's config as committed (with Hydra ``overrides``), composed by Hydra; a bad
     override is a RepriseError quoting Hydra, credentials scrubbed (Hydra echoes the override)."""
     from hydra import compose, initialize_config_dir
@@ -155,8 +156,7 @@ def declared(cfg: DictConfig) -> Pipeline:
             f"declare the steps in {DECLARATION}<name>.yaml and name it in the defaults list of "
             "project/config/config.yaml (- pipeline: <name>).",
         )
-    raw = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(raw, dict)
+    raw = plain_dict(node, "pipeline")
     steps = {str(name): _step(str(name), spec) for name, spec in raw["steps"].items()}
     for step in steps.values():
         for given in step.inputs:
@@ -184,9 +184,10 @@ def declared(cfg: DictConfig) -> Pipeline:
     return Pipeline({name: steps[name] for name in ordered}, model_output, registered_by)
 
 
-def check_parameters(step: Step, project_file: Path, given: Mapping[str, Any]) -> None:
-    """Refuse parameters that the component's MLproject entry point does not declare (MLflow
-    would pass them as extra words) and declared ones without a default that nobody gives."""
+def check_parameters(step: Step, project_file: Path, given: Collection[str]) -> None:
+    """Refuse parameters (``given``: their names) that the component's MLproject entry point does
+    not declare (MLflow would pass them as extra words) and declared ones without a default that
+    nobody gives."""
     try:
         project = yaml.safe_load(project_file.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:

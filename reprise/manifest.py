@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reprise import paths
-from reprise.components import redact, without_credentials
+from reprise import git, paths
+from reprise.credentials import redact, without_credentials
 from reprise.errors import RepriseError
+from reprise.tags import OUTPUT_CONTENT_TAG, REGISTERED_MODEL_TAG
 from reprise.versioning import current_version, tag_name
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,8 @@ BUMPVERSION_CFG = ".bumpversion.cfg"
 RELEASES = "releases"
 # Tags of the origin, fetched by `releases --remote` into refs of their own: never over local tags.
 ORIGIN_TAGS = "refs/reprise/origin-tags"
+# reading a manifest or a tag is local (or one tag's fetch): a minute is plenty
+READ_TIMEOUT_S = 60
 
 
 def manifest_path(version: str, root: Path = paths.ROOT) -> Path:
@@ -34,10 +36,14 @@ def load(version: str, root: Path = paths.ROOT) -> dict[str, Any]:
     if not semver(version):
         raise RepriseError(f"'{version[:100]}' is not a release version.", "name one as X.Y.Z.")
     tag = release_tag(version, root)
-    text = _git(root, "show", f"refs/tags/{tag}:{RELEASES}/{version}.yaml")
+    text = git.attempt(
+        "show", f"refs/tags/{tag}:{RELEASES}/{version}.yaml", cwd=root, timeout=READ_TIMEOUT_S
+    )
     if text is None and _fetch_tag(root, tag):
         log.info("release %s: tag %s fetched from origin", version, tag)
-        text = _git(root, "show", f"refs/tags/{tag}:{RELEASES}/{version}.yaml")
+        text = git.attempt(
+            "show", f"refs/tags/{tag}:{RELEASES}/{version}.yaml", cwd=root, timeout=READ_TIMEOUT_S
+        )
     if text is None:
         path = manifest_path(version, root)
         if not path.is_file():
@@ -49,7 +55,8 @@ def load(version: str, root: Path = paths.ROOT) -> dict[str, Any]:
                 "(make releases ORIGIN=1 lists the origin's too).",
             )
         text = path.read_text()  # a manifest not yet tagged: the release being cut
-    return yaml.safe_load(text)
+    record: dict[str, Any] = yaml.safe_load(text)
+    return record
 
 
 def release_tag(version: str, root: Path = paths.ROOT) -> str:
@@ -60,38 +67,56 @@ def release_tag(version: str, root: Path = paths.ROOT) -> str:
 
 def known_releases(root: Path = paths.ROOT, ref_prefix: str = "refs/tags") -> dict[str, str]:
     """Version -> tag ref of every tag under ``ref_prefix`` that holds its release's manifest."""
-    refs = _git(root, "for-each-ref", "--format=%(refname)", ref_prefix) or ""
+    refs = (
+        git.attempt(
+            "for-each-ref", "--format=%(refname)", ref_prefix, cwd=root, timeout=READ_TIMEOUT_S
+        )
+        or ""
+    )
     before, _, after = release_tag("{new_version}", root).partition("{new_version}")
     pattern = re.compile(re.escape(before) + r"(\d+\.\d+\.\d+)" + re.escape(after))
     found = {}
     for ref in refs.splitlines():
         match = pattern.fullmatch(ref.removeprefix(ref_prefix + "/"))
         manifest = f"{ref}:{RELEASES}/{match.group(1)}.yaml" if match else ""
-        if match and _git(root, "cat-file", "-e", manifest) is not None:
+        if (
+            match
+            and git.attempt("cat-file", "-e", manifest, cwd=root, timeout=READ_TIMEOUT_S)
+            is not None
+        ):
             found[match.group(1)] = ref
     return found
 
 
 def fetch_origin_tags(root: Path = paths.ROOT) -> None:
     """Copy the origin's tags under ORIGIN_TAGS (local tags stay as they are)."""
-    result = subprocess.run(
-        ["git", "fetch", "--quiet", "--no-tags", "origin", f"+refs/tags/*:{ORIGIN_TAGS}/*"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        said = " ".join(result.stderr.split())[-300:]
+    try:
+        git.run(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "origin",
+            f"+refs/tags/*:{ORIGIN_TAGS}/*",
+            cwd=root,
+            timeout=300,
+        )
+    except git.GitError as err:
+        if err.timed_out:
+            raise
+        said = " ".join(err.stderr.split())[-300:]
         raise RepriseError(
             f"Cannot fetch the tags of origin: {redact(said).rstrip('.')}.",
             "check `git remote get-url origin` and that it answers (git ls-remote origin).",
-        )
+        ) from None
 
 
 def read_manifest(ref: str, version: str, root: Path = paths.ROOT) -> dict[str, Any]:
     """The manifest of ``version`` as the tag ref ``ref`` holds it."""
-    return yaml.safe_load(_git(root, "show", f"{ref}:{RELEASES}/{version}.yaml") or "{}")
+    record: dict[str, Any] = yaml.safe_load(
+        git.attempt("show", f"{ref}:{RELEASES}/{version}.yaml", cwd=root, timeout=READ_TIMEOUT_S)
+        or "{}"
+    )
+    return record
 
 
 def semver(text: str) -> tuple[int, ...]:
@@ -104,10 +129,18 @@ def semver(text: str) -> tuple[int, ...]:
 
 def _fetch_tag(root: Path, tag: str) -> bool:
     """Fetch one tag from origin; False when there is no origin or it lacks the tag."""
-    if "origin" not in (_git(root, "remote") or "").split():
+    if "origin" not in (git.attempt("remote", cwd=root, timeout=READ_TIMEOUT_S) or "").split():
         return False
     return (
-        _git(root, "fetch", "--quiet", "--no-tags", "origin", f"refs/tags/{tag}:refs/tags/{tag}")
+        git.attempt(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "origin",
+            f"refs/tags/{tag}:refs/tags/{tag}",
+            cwd=root,
+            timeout=READ_TIMEOUT_S,
+        )
         is not None
     )
 
@@ -138,11 +171,6 @@ def tracking_record(uri: str) -> str:
     return f"{scheme} store of the machine that cut the release"
 
 
-def _git(root: Path, *args: str) -> str | None:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def current_release(root: Path = paths.ROOT) -> dict[str, Any] | None:
     """The manifest of the release this checkout is, or None: HEAD must carry the tag of the
     version in .bumpversion.cfg, that version's manifest must exist, and the tree be clean."""
@@ -152,10 +180,14 @@ def current_release(root: Path = paths.ROOT) -> dict[str, Any] | None:
     version = current_version(config)
     if not manifest_path(version, root).is_file():
         return None
-    tags = (_git(root, "tag", "--points-at", "HEAD") or "").split()
+    tags = (
+        git.attempt("tag", "--points-at", "HEAD", cwd=root, timeout=READ_TIMEOUT_S) or ""
+    ).split()
     if release_tag(version, root) not in tags:
         return None
-    if _git(root, "status", "--porcelain", "--untracked-files=no"):
+    if git.attempt(
+        "status", "--porcelain", "--untracked-files=no", cwd=root, timeout=READ_TIMEOUT_S
+    ):
         log.warning("release %s: the work tree has changes, so this is not a rerun of it", version)
         return None
     return load(version, root)
@@ -221,10 +253,11 @@ def _versions_of_release(client: Any, record: dict[str, Any]) -> set[str]:
     if digest := _predictions_digest(record):
         experiments = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(
-            experiments, filter_string=f"tags.`reprise.output.predictions.digest` = '{digest}'"
+            experiments,
+            filter_string=f"tags.`{OUTPUT_CONTENT_TAG.format(name='predictions')}` = '{digest}'",
         )
         for run in runs:
-            registered = run.data.tags.get("reprise.output.registered_model", "")
+            registered = run.data.tags.get(REGISTERED_MODEL_TAG, "")
             model_name, _, number = registered.removeprefix("models:/").rpartition("/")
             if model_name == name and number:
                 found.add(number)

@@ -28,14 +28,21 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from reprise import tags
+
+if TYPE_CHECKING:  # mlflow takes seconds to import: only the type checker reads it here
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-HOST_TAG = "reprise.owner.host"
-PID_TAG = "reprise.owner.pid"
-START_TAG = "reprise.owner.start"
-KILLED_TAG = "reprise.killed"
+HOST_TAG = tags.OWNER_HOST_TAG
+PID_TAG = tags.OWNER_PID_TAG
+START_TAG = tags.OWNER_START_TAG
+KILLED_TAG = tags.KILLED_TAG
 PARENT_TAG = "mlflow.parentRunId"
 SCRATCH_PREFIX = "reprise-run-"
 OWNER_FILE = "owner.json"
@@ -174,16 +181,16 @@ def stop_processes(pids: Iterable[int], grace: float = GRACE_SECONDS) -> list[in
 class Findings:
     """What a check of the store found and did."""
 
-    killed: list[tuple[Any, str]] = field(default_factory=list)  # (run, reason)
-    elsewhere: list[tuple[Any, Owner]] = field(default_factory=list)  # owned on another host
-    unowned: list[Any] = field(default_factory=list)  # RUNNING, no owner recorded
+    killed: list[tuple[Run, str]] = field(default_factory=list)  # (run, reason)
+    elsewhere: list[tuple[Run, Owner]] = field(default_factory=list)  # owned on another host
+    unowned: list[Run] = field(default_factory=list)  # RUNNING, no owner recorded
     processes: list[int] = field(default_factory=list)  # stopped, working for killed runs
     folders: list[Path] = field(default_factory=list)  # removed scratch folders
     unowned_folders: list[Path] = field(default_factory=list)
 
 
 def end_killed(
-    client: Any, run_ids: Iterable[str], reason: str, only_running: bool = True
+    client: MlflowClient, run_ids: Iterable[str], reason: str, only_running: bool = True
 ) -> list[str]:
     """End the runs KILLED (only those still RUNNING, unless ``only_running`` is False), with
     ``reason`` in tag reprise.killed; the ids of those ended."""
@@ -198,7 +205,7 @@ def end_killed(
     return ended
 
 
-def reap(client: Any, experiment_ids: list[str] | None = None) -> Findings:
+def reap(client: MlflowClient, experiment_ids: list[str] | None = None) -> Findings:
     """End KILLED every RUNNING run (of these experiments, else of all) whose owner on this host
     is gone, after stopping the processes still working for it; one search of the store when
     the experiments are given and nothing is to be done."""
@@ -212,7 +219,7 @@ def reap(client: Any, experiment_ids: list[str] | None = None) -> Findings:
             experiments, filter_string="attributes.status = 'RUNNING'", max_results=50_000
         )
     }
-    dead: dict[str, tuple[Any, str]] = {}
+    dead: dict[str, tuple[Run, str]] = {}
     for run in running.values():
         owner = _owner_of(run, running)
         if owner is None:
@@ -232,14 +239,15 @@ def reap(client: Any, experiment_ids: list[str] | None = None) -> Findings:
     return findings
 
 
-def _owner_of(run: Any, running: dict[str, Any]) -> Owner | None:
+def _owner_of(run: Run, running: dict[str, Run]) -> Owner | None:
     """The run's own owner, else its nearest RUNNING ancestor's (a step's is its pipeline's)."""
     seen = set()
-    while run is not None and run.info.run_id not in seen:
-        seen.add(run.info.run_id)
-        if (owner := owner_from(run.data.tags)) is not None:
+    current: Run | None = run
+    while current is not None and current.info.run_id not in seen:
+        seen.add(current.info.run_id)
+        if (owner := owner_from(current.data.tags)) is not None:
             return owner
-        run = running.get(run.data.tags.get(PARENT_TAG, ""))
+        current = running.get(current.data.tags.get(PARENT_TAG, ""))
     return None
 
 
@@ -286,7 +294,7 @@ def remove_dead_scratch(temp: Path | None = None) -> tuple[list[Path], list[Path
     return removed, unowned
 
 
-def doctor(client: Any) -> Findings:
+def doctor(client: MlflowClient) -> Findings:
     """End the runs of gone owners, stop their processes, and remove their scratch folders."""
     findings = reap(client)
     findings.folders, findings.unowned_folders = remove_dead_scratch()
@@ -324,7 +332,7 @@ def signals_stop() -> Iterator[None]:
         return
     caught: list[int] = []
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         if caught:
             log.warning("%s ignored: already stopping", signal.Signals(signum).name)
             return
@@ -356,7 +364,7 @@ def stop_below(stop: Stopped) -> str:
     return stop.summary()
 
 
-def stop_run(client: Any, run: Any, stop: BaseException) -> list[str]:
+def stop_run(client: MlflowClient, run: Run, stop: BaseException) -> list[str]:
     """Stop the processes working for the unfinished children of ``run`` (its steps), then end
     them and ``run`` KILLED; the ids of the runs ended."""
     run_id = run.info.run_id

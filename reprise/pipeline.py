@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 from mlflow.projects import ExecutionException
@@ -15,26 +15,26 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from reprise import cache, graph, manifest, owners, paths, sweep, tracking
-from reprise.components import (
-    ComponentSpec,
-    ResolvedComponent,
-    redact,
-    refuse_credentials,
-    resolve,
-    resolve_pinned,
-    without_credentials,
-)
+from reprise.components import ComponentSpec, ResolvedComponent, resolve, resolve_pinned
+from reprise.credentials import redact, refuse_credentials, without_credentials
 from reprise.errors import RepriseError
+from reprise.tags import (
+    CACHE_KEY_TAG,
+    CACHED_FROM_TAG,
+    COMPONENT_TAG,
+    ERROR_TAG,
+    OUTPUT_CONTENT_TAG,
+    OUTPUT_DIGEST_TAG,
+    OUTPUT_PREFIX,
+    PIPELINE_TAG,
+    RELEASE_TAG,
+    STEP_TAG,
+    STEPS_TAG,
+)
 
 log = logging.getLogger(__name__)
 
 ENV_MANAGERS = ("auto", "local", "uv", "virtualenv")
-# Tags a component sets on its run for each output (see step_kit/step.py).
-OUTPUT_TAG = "reprise.output.{name}"
-OUTPUT_DIGEST_TAG = "reprise.output.{name}.sha256"
-OUTPUT_CONTENT_TAG = "reprise.output.{name}.digest"
-STEP_TAG = "reprise.step"
-ERROR_TAG = "reprise.error"
 
 
 class StepFailed(RepriseError):
@@ -92,7 +92,7 @@ class Outputs:
         self.digests[step] = {
             name: tags.get(OUTPUT_CONTENT_TAG.format(name=name))
             or sha
-            or tags.get(cache.KEY_TAG, run_id)
+            or tags.get(CACHE_KEY_TAG, run_id)
             for name, (_, sha) in self.produced[step].items()
         }
 
@@ -148,11 +148,10 @@ RUN_ID = "_run_id"
 
 
 def _outputs_from_tags(tags: dict[str, str]) -> dict[str, tuple[str, str]]:
-    prefix = OUTPUT_TAG.format(name="")
     outputs = {}
     for key, value in tags.items():
-        if key.startswith(prefix) and not key.endswith((".sha256", ".digest")):
-            name = key.removeprefix(prefix)
+        if key.startswith(OUTPUT_PREFIX) and not key.endswith((".sha256", ".digest")):
+            name = key.removeprefix(OUTPUT_PREFIX)
             outputs[name] = (value, tags.get(OUTPUT_DIGEST_TAG.format(name=name), ""))
     return outputs
 
@@ -196,7 +195,7 @@ def release_config(cfg: DictConfig, release: dict[str, Any]) -> DictConfig:
             "to rerun the release, run without steps and overrides; to experiment on this "
             "checkout, add main.release=off (make run OVERRIDES='main.release=off ...').",
         )
-    merged = OmegaConf.create(release["config"])
+    merged: DictConfig = OmegaConf.create(release["config"])
     for key in RUN_MODE_KEYS:
         if (value := OmegaConf.select(cfg, key)) is not None:
             OmegaConf.update(merged, key, value, force_add=True)
@@ -295,10 +294,10 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                     )
                     for s, pin in release["components"].items()
                 }
-                mlflow.set_tag("reprise.release", release["version"])
+                mlflow.set_tag(RELEASE_TAG, release["version"])
             else:
                 # the declaration's ${...} repeat other settings: name the setting a user wrote
-                given = OmegaConf.to_container(cfg, resolve=True)
+                given = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
                 declaration = given.pop("pipeline", None)
                 refuse_credentials(given)
                 refuse_credentials({"pipeline": declaration})
@@ -315,7 +314,7 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                     components[s].path / "MLproject",
                     pipeline.steps[s].parameter_names(s == pipeline.registered_by),
                 )
-            mlflow.set_tags({"reprise.pipeline": "true", "reprise.steps": ",".join(steps)})
+            mlflow.set_tags({PIPELINE_TAG: "true", STEPS_TAG: ",".join(steps)})
             settings = without_credentials(OmegaConf.to_container(cfg, resolve=True))
             mlflow.log_text(OmegaConf.to_yaml(settings), "config.yaml")
             configure_child_environment(cfg, parent.info.run_id)
@@ -402,7 +401,7 @@ def _run_wave(
             run_id = cache.record_hit(
                 client, experiment_id, parent.info.run_id, name, origin, plan.key
             )
-            source = origin.data.tags.get(cache.CACHED_FROM_TAG, origin.info.run_id)
+            source = origin.data.tags.get(CACHED_FROM_TAG, origin.info.run_id)
             log.info("step %s: cached from run %s (key %s)", name, source, plan.key.key[:12])
             results[name] = StepResult(
                 name, run_id, "FINISHED", 0.0, plan.component, cached_from=source
@@ -419,7 +418,7 @@ def _run_wave(
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=min(jobs, len(to_run))) as pool:
-            done = list(pool.map(lambda job: _run_step(*job, parent, client), to_run))
+            done = list(pool.map(lambda job: _run_step(job[0], job[1], parent, client), to_run))
     else:
         done = [_run_step(plan, run_id, parent, client) for plan, run_id in to_run]
     for (plan, _), result in zip(to_run, done, strict=True):
@@ -438,7 +437,7 @@ def _child_run(plan: Planned, experiment_id: str) -> str:
     run = _create_run(path, experiment_id, path, None, plan.step.entry_point, plan.params)
     MlflowClient().set_tag(run.info.run_id, "mlflow.runName", plan.step.name)
     MlflowClient().set_tag(run.info.run_id, STEP_TAG, plan.step.name)
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 def _run_step(plan: Planned, run_id: str, parent: Any, client: MlflowClient) -> StepResult:
@@ -478,11 +477,11 @@ def _run_step(plan: Planned, run_id: str, parent: Any, client: MlflowClient) -> 
         "env_manager": component.env_manager,
         "path": str(component.path),
     }.items():
-        client.set_tag(run_id, f"reprise.component.{key}", value)
+        client.set_tag(run_id, COMPONENT_TAG.format(key=key), value)
     # the step's declared name, whatever the component calls itself (one component may serve
     # several steps)
     client.set_tag(run_id, STEP_TAG, step)
-    client.set_tag(parent.info.run_id, f"reprise.component.{step}.sha", component.sha or "")
+    client.set_tag(parent.info.run_id, COMPONENT_TAG.format(key=f"{step}.sha"), component.sha or "")
     client.log_metric(parent.info.run_id, f"seconds.{step}", seconds)
     error = client.get_run(run_id).data.tags.get(ERROR_TAG, "")
     return StepResult(step, run_id, status, seconds, component, error)

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 from reprise.errors import RepriseError
 
+# main.py's own flags; every other word of its command line is Hydra's
+MAIN_FLAGS = ("steps", "hydra_options")
+
 
 def split_options(text: str, name: str = "hydra_options") -> list[str]:
     """The Hydra arguments in ``text`` (the setting ``name``), split as a POSIX shell splits words
@@ -45,11 +48,11 @@ def hydra_arguments(argv: Sequence[str]) -> list[str]:
     ``--hydra_options=OPTIONS`` pass through as they are, then the options split into overrides,
     then the steps (when given, they override any main.steps before them)."""
     # not argparse: before Python 3.12 it reads the value of --steps=-- as nothing
-    flags = {"steps": None, "hydra_options": ""}
+    flags: dict[str, str] = {}
     hydra_own = []
     for word in argv:
         name, equals, value = word[2:].partition("=")
-        if word.startswith("--") and name in flags:
+        if word.startswith("--") and name in MAIN_FLAGS:
             if not equals:
                 raise RepriseError(
                     f"main.py got {word} without a value.", f"pass it as {word}=VALUE (with '=')."
@@ -57,5 +60,5 @@ def hydra_arguments(argv: Sequence[str]) -> list[str]:
             flags[name] = value
         else:
             hydra_own.append(word)
-    steps = [] if flags["steps"] is None else [steps_override(flags["steps"])]
-    return [*hydra_own, *split_options(flags["hydra_options"]), *steps]
+    steps = [steps_override(flags["steps"])] if "steps" in flags else []
+    return [*hydra_own, *split_options(flags.get("hydra_options", "")), *steps]

@@ -15,12 +15,22 @@ from typing import Any
 import mlflow
 import yaml
 
-from reprise import api, graph, manifest, owners, paths, tracking, versioning
-from reprise.cli import write_line
-from reprise.components import checkout, redact, require_release_pin, split_subdirectory
+from reprise import api, git, graph, manifest, owners, paths, tracking, versioning
+from reprise.components import checkout, require_release_pin, split_subdirectory
+from reprise.credentials import redact
 from reprise.errors import RepriseError
-from reprise.pipeline import STEP_TAG
+from reprise.report import Comparison, ReleaseLine, ReleaseListing, Verification
 from reprise.serving.model import PROD_ALIAS
+from reprise.tags import (
+    COMPONENT_ENV_MANAGER_TAG,
+    COMPONENT_PATH_TAG,
+    COMPONENT_REPOSITORY_TAG,
+    COMPONENT_SHA_TAG,
+    COMPONENT_VERSION_TAG,
+    OUTPUT_PREFIX,
+    REGISTERED_MODEL_TAG,
+    STEP_TAG,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +47,16 @@ def _run_pipeline(project_dir: Path, options: str, failed: str, again: str) -> s
     """Run the whole pipeline project in this environment with Hydra ``options``; the pipeline
     run's id. A failure is one RepriseError: the recorded cause, what ``failed`` means for the
     command, and the cause's fix followed by ``again``."""
-    from mlflow.projects import ExecutionException
-
     experiment_id = tracking.use_defaults()
-    api.use_this_python()
     try:
-        submitted = tracking.run_project(
-            str(project_dir),
-            entry_point="main",
-            parameters={"steps": "all", "hydra_options": options},
-            experiment_id=experiment_id,
-            env_manager="local",
-            run_name="pipeline",
+        return api.run_project(
+            project_dir, {"steps": "all", "hydra_options": options}, experiment_id
         )
-    except ExecutionException as err:
-        cause, _, fix = (tracking.recorded_cause(str(err)) or str(err)).partition(" Fix: ")
+    except api.ProjectRunFailed as err:
         raise RepriseError(
-            f"The pipeline failed, {failed}: {cause.rstrip('. ')}.",
-            f"{fix.rstrip('. ')}; then {again}" if fix else again,
+            f"The pipeline failed, {failed}: {err.cause.rstrip('. ')}.",
+            f"{err.fix.rstrip('. ')}; then {again}" if err.fix else again,
         ) from None
-    return submitted.run_id
 
 
 def observe(run_id: str) -> dict[str, Any]:
@@ -75,26 +75,29 @@ def observe(run_id: str) -> dict[str, Any]:
         )
     pipeline = _declared(config)
     model_steps = pipeline.model_steps() if pipeline else set(steps)
-    components, outputs, environments, metrics = {}, {}, {}, {}
+    components: dict[str, dict[str, str]] = {}
+    outputs: dict[str, dict[str, str]] = {}
+    environments: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, float] = {}
     model: dict[str, Any] = {}
     for step, run in steps.items():
         tags = run.data.tags
         components[step] = {
-            "component": Path(tags.get("reprise.component.path", step)).name,
-            "repository": tags.get("reprise.component.repository", ""),
-            "tag": tags.get("reprise.component.version", ""),
-            "sha": tags.get("reprise.component.sha", ""),
-            "env_manager": tags.get("reprise.component.env_manager", ""),
+            "component": Path(tags.get(COMPONENT_PATH_TAG, step)).name,
+            "repository": tags.get(COMPONENT_REPOSITORY_TAG, ""),
+            "tag": tags.get(COMPONENT_VERSION_TAG, ""),
+            "sha": tags.get(COMPONENT_SHA_TAG, ""),
+            "env_manager": tags.get(COMPONENT_ENV_MANAGER_TAG, ""),
         }
-        lock = Path(tags.get("reprise.component.path", "")) / "requirements.txt"
+        lock = Path(tags.get(COMPONENT_PATH_TAG, "")) / "requirements.txt"
         if lock.is_file():
             environments[step] = {
                 "sha256": _sha256(lock),
                 "requirements": [ln for ln in lock.read_text().splitlines() if ln.strip()],
             }
         for key, value in tags.items():
-            if key.startswith("reprise.output.") and key.endswith((".sha256", ".digest")):
-                name, kind = key.removeprefix("reprise.output.").rsplit(".", 1)
+            if key.startswith(OUTPUT_PREFIX) and key.endswith((".sha256", ".digest")):
+                name, kind = key.removeprefix(OUTPUT_PREFIX).rsplit(".", 1)
                 outputs.setdefault(f"{step}.{name}", {})[kind] = value
         # the model's own scores by their names; another branch's (a second model) by step
         prefix = "" if step in model_steps else f"{step}."
@@ -103,7 +106,7 @@ def observe(run_id: str) -> dict[str, Any]:
             for k, v in run.data.metrics.items()
             if k.startswith(METRIC_PREFIXES) or k in METRIC_NAMES
         }
-        if registered := tags.get("reprise.output.registered_model"):
+        if registered := tags.get(REGISTERED_MODEL_TAG):
             name, version = registered.removeprefix("models:/").rsplit("/", 1)
             model = {"name": name, "version": int(version), "uri": registered}
     return {
@@ -147,7 +150,7 @@ def cut(part: str) -> None:
     versioning.require_current_lock(root)
     version = versioning.next_version(config_file, part)
     tag = versioning.tag_name(config_file, version)
-    if versioning.git(root, "tag", "--list", tag):
+    if git.run("tag", "--list", tag, cwd=root):
         raise RepriseError(f"Tag {tag} exists already.", "bump another part, or delete the tag.")
     cfg = graph.project_config(root)
     from reprise.pipeline import component_specs
@@ -155,7 +158,7 @@ def cut(part: str) -> None:
     pipeline = graph.declared(cfg)
     for spec in component_specs(cfg, pipeline, pipeline.names).values():
         require_release_pin(spec)
-    commit = versioning.git(root, "rev-parse", "HEAD")
+    commit = git.run("rev-parse", "HEAD", cwd=root)
     log.info("release %s: running the pipeline at commit %s and its pins", version, commit[:12])
     run_id = _run_pipeline(
         paths.PROJECT_DIR,
@@ -176,7 +179,7 @@ def cut(part: str) -> None:
         "project": {
             "commit": commit,
             "repository": redact(
-                versioning.git(root, "config", "--get", "remote.origin.url")
+                git.run("config", "--get", "remote.origin.url", cwd=root)
                 if _has_origin(root)
                 else ""
             ),
@@ -212,7 +215,7 @@ def cut(part: str) -> None:
 
 
 def _has_origin(root: Path) -> bool:
-    return "origin" in versioning.git(root, "remote").split()
+    return "origin" in git.run("remote", cwd=root).split()
 
 
 def rerun(version: str) -> str:
@@ -222,8 +225,8 @@ def rerun(version: str) -> str:
     workdir = owners.make_scratch()  # owned: after a kill -9, doctor removes it
     try:
         clone = workdir / "repo"
-        versioning.git(root, "clone", "--quiet", "--no-checkout", str(root), str(clone))
-        versioning.git(clone, "checkout", "--quiet", "--detach", manifest.release_tag(version))
+        git.run("clone", "--quiet", "--no-checkout", str(root), str(clone), cwd=root)
+        git.run("checkout", "--quiet", "--detach", manifest.release_tag(version), cwd=clone)
         return _run_pipeline(
             clone / "project",
             "main.cache=false ++main.register=false",
@@ -239,65 +242,45 @@ def rerun(version: str) -> str:
 UNCOMPARED_METRICS = ("test.prod.",)
 
 
-def compare(record: dict[str, Any], observed: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(what, expected, actual, same) for every commit, digest and metric of the manifest."""
+def compare(record: dict[str, Any], observed: dict[str, Any]) -> list[Comparison]:
+    """Expected against actual for every commit, digest and metric of the manifest."""
     rows = []
     for step, pin in record["components"].items():
         got = observed["components"].get(step, {}).get("sha", "")
-        rows.append((f"commit {step}", pin["sha"], got, pin["sha"] == got))
+        rows.append(Comparison(f"commit {step}", pin["sha"], got, pin["sha"] == got))
     for name, digests in record["outputs"].items():
         for kind, expected in digests.items():
             got = observed["outputs"].get(name, {}).get(kind, "")
-            rows.append((f"{kind} {name}", expected, got, expected == got))
+            rows.append(Comparison(f"{kind} {name}", expected, got, expected == got))
     for name, expected in record["metrics"].items():
         if not name.startswith(UNCOMPARED_METRICS):
             got = observed["metrics"].get(name)
-            rows.append((f"metric {name}", repr(expected), repr(got), expected == got))
+            rows.append(Comparison(f"metric {name}", repr(expected), repr(got), expected == got))
     return rows
 
 
-def verify(version: str, run_id: str = "") -> int:
+def verify(version: str, run_id: str = "") -> Verification:
     """Rerun release ``version`` (or take pipeline run ``run_id``) and compare it with the
-    manifest, digest by digest and metric by metric; 1 on any difference. The rerun registers
-    no model and moves no alias."""
+    manifest, digest by digest and metric by metric. The rerun registers no model and moves no
+    alias."""
     record = manifest.load(version)
     started = time.monotonic()
     tracking.use_defaults()
+    name = record["mlflow"]["model"].get("name", "")
     if run_id:
         registry = None
     else:
-        registry = _registry_state(record["mlflow"]["model"].get("name", ""))
+        registry = _registry_state(name)
         run_id = rerun(version)
     rows = compare(record, observe(run_id))
-    width = max(len(r[0]) for r in rows)
-    write_line(
-        f"\nRelease {version} against pipeline run {run_id} ({time.monotonic() - started:.0f} s)"
+    return Verification(
+        version=version,
+        run_id=run_id,
+        seconds=time.monotonic() - started,
+        rows=rows,
+        model_name=name,
+        registry_unchanged=None if registry is None else _registry_state(name) == registry,
     )
-    write_line(f"{'what':<{width}}  {'same':<4}  expected -> actual")
-    for what, expected, actual, same in rows:
-        shown = expected if same else f"{expected} -> {actual}"
-        write_line(f"{what:<{width}}  {'yes' if same else 'NO':<4}  {shown[:100]}")
-    different = [r for r in rows if not r[3]]
-    write_line(f"{len(rows) - len(different)} of {len(rows)} identical.")
-    if registry is not None:
-        name = record["mlflow"]["model"].get("name", "")
-        if _registry_state(name) == registry:
-            write_line(
-                f"The registry is as it was: the rerun registered no model and moved no alias "
-                f"of {name}."
-            )
-        else:  # the tag's own orchestrator predates main.register: say what it did
-            log.warning("the rerun of release %s changed model %s in the registry", version, name)
-    if different:
-        log.error(
-            "release %s is not reproduced: %d of %d differ (%s)",
-            version,
-            len(different),
-            len(rows),
-            ", ".join(r[0] for r in different[:5]),
-        )
-        return 1
-    return 0
 
 
 def _registry_state(name: str) -> tuple[list[str], dict[str, str]]:
@@ -324,9 +307,14 @@ def restore(version: str, dest: str) -> None:
         raise RepriseError(f"{target} is not empty.", "name an empty or absent folder.")
     target.mkdir(parents=True, exist_ok=True)
     project = target / "project-repo"
-    versioning.git(root, "clone", "--quiet", str(root), str(project))
-    versioning.git(
-        project, "checkout", "--quiet", "-B", f"release-{version}", manifest.release_tag(version)
+    git.run("clone", "--quiet", str(root), str(project), cwd=root)
+    git.run(
+        "checkout",
+        "--quiet",
+        "-B",
+        f"release-{version}",
+        manifest.release_tag(version),
+        cwd=project,
     )
     lines = [f"# Release {version}", "", f"- project: `project-repo/` at tag {version}"]
     seen: dict[tuple[str, str], Path] = {}
@@ -373,7 +361,7 @@ def _compile_for_serving(version: str) -> None:
         log.info("model of release %s is served by scikit-learn (only trees compile)", version)
 
 
-def list_releases(remote: bool = False) -> None:
+def list_releases(remote: bool = False) -> ReleaseListing:
     """One line per release tag the repository knows (with ``remote``, the origin's too), each
     read from its tag: version, date, key metrics, model version, which is prod, and where."""
     root = paths.ROOT
@@ -384,38 +372,33 @@ def list_releases(remote: bool = False) -> None:
         origin = manifest.known_releases(root, manifest.ORIGIN_TAGS)
     versions = sorted(local.keys() | origin.keys(), key=manifest.semver)
     if not versions:
-        write_line("No releases yet: make release PART=major")
-        return
+        return ReleaseListing([], [], remote, origin_only=False)
     prod = _prod_versions()
     # the scores the project wants to compare releases by (main.release_metrics)
-    shown = list(graph.project_config(root).main.get("release_metrics") or [])
-    where_column = f"  {'where':<14}" if remote else ""
-    scores = "".join(f" {name:>{max(len(name), 8)}}" for name in shown)
-    write_line(f"{'version':<9} {'date':<10}{scores} {'model':>16}  {'prod':<4}{where_column}")
+    shown = [str(name) for name in graph.project_config(root).main.get("release_metrics") or []]
+    lines = []
     for version in versions:
         record = manifest.read_manifest(local.get(version) or origin[version], version, root)
-        metrics, model = record.get("metrics", {}), record["mlflow"]["model"]
-        is_prod = prod.get(model["name"]) == str(model["version"])
-        where = f"  {_where(root, local.get(version), origin.get(version)):<14}" if remote else ""
-        values = "".join(
-            f" {metrics.get(name, float('nan')):>{max(len(name), 8)}.4f}" for name in shown
+        model = record["mlflow"]["model"]
+        lines.append(
+            ReleaseLine(
+                version=str(record["version"]),
+                date=str(record["date"]),
+                metrics=record.get("metrics", {}),
+                model_name=model["name"],
+                model_version=str(model["version"]),
+                is_prod=prod.get(model["name"]) == str(model["version"]),
+                where=_where(root, local.get(version), origin.get(version)) if remote else "",
+            )
         )
-        write_line(
-            f"{record['version']:<9} {record['date']:<10}{values} "
-            f"{model['name'] + ' v' + str(model['version']):>16}  {'yes' if is_prod else '':<4}"
-            f"{where}".rstrip()
-        )
-    if origin.keys() - local.keys():
-        write_line("A release on origin only is fetched when named: make verify VERSION=X.Y.Z")
+    return ReleaseListing(shown, lines, remote, origin_only=bool(origin.keys() - local.keys()))
 
 
 def _where(root: Path, local: str | None, origin: str | None) -> str:
     """local, origin, both, or "MOVED on origin" when the two tags name different commits."""
     if not (local and origin):
         return "local" if local else "origin"
-    here, there = (
-        versioning.git(root, "rev-parse", f"{ref}^{{commit}}") for ref in (local, origin)
-    )
+    here, there = (git.run("rev-parse", f"{ref}^{{commit}}", cwd=root) for ref in (local, origin))
     return "local, origin" if here == there else "MOVED on origin"
 
 

@@ -24,16 +24,18 @@ import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from reprise import owners
+from reprise import owners, tags
 from reprise.errors import RepriseError
+from reprise.plain_config import plain_dict
 
 log = logging.getLogger(__name__)
 
-POINT_TAG = "reprise.sweep.point"
-SWEEP_TAG = "reprise.sweep"
+POINT_TAG = tags.SWEEP_POINT_TAG
+SWEEP_TAG = tags.SWEEP_TAG
 # The sweep run, for points in processes that do not share this module's state.
 SWEEP_RUN_ENV = "REPRISE_SWEEP_RUN_ID"
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -57,8 +59,8 @@ def is_multirun() -> bool:
 
 def selection_metric(cfg: DictConfig) -> str:
     """The metric a sweep chooses by; it must be a validation metric."""
-    metric = cfg.main.sweep.metric
-    if not str(metric).startswith("val."):
+    metric = str(cfg.main.sweep.metric)
+    if not metric.startswith("val."):
         raise RepriseError(
             f"main.sweep.metric is '{metric}': a sweep must choose by a validation metric.",
             "name a val.* metric (e.g. val.roc_auc); the test table is for the chosen model only.",
@@ -69,6 +71,15 @@ def selection_metric(cfg: DictConfig) -> str:
 def launcher_of(hydra: DictConfig) -> str:
     """The class path of the launcher of a Hydra config's ``hydra`` node."""
     return str(OmegaConf.select(hydra, "launcher._target_", default=BASIC_LAUNCHER))
+
+
+def _hydra_node() -> DictConfig:
+    """This run's ``hydra`` node, which Hydra annotates as its HydraConf dataclass although it
+    hands out the DictConfig built from it."""
+    node = HydraConfig.get()
+    if not isinstance(node, DictConfig):
+        raise TypeError(f"HydraConfig.get() returned a {type(node).__name__}, not a DictConfig")
+    return node
 
 
 def is_ray(launcher: str) -> bool:
@@ -163,7 +174,7 @@ def start_ray(cfg: DictConfig) -> None:
     finds Ray initialized and uses it."""
     import ray
 
-    init = OmegaConf.to_container(cfg.hydra.launcher.ray.init, resolve=True) or {}
+    init = plain_dict(cfg.hydra.launcher.ray.init, "hydra.launcher.ray.init")
     if init.get("address") is None:  # as the launcher would: a small store for a local Ray
         init.setdefault("object_store_memory", RAY_OBJECT_STORE_BYTES)
     runtime_env = dict(init.pop("runtime_env", None) or {})
@@ -227,7 +238,7 @@ def _refuse(err: RepriseError) -> None:
 
 
 @contextmanager
-def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
+def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[mlflow.ActiveRun]:
     """The MLflow run of one pipeline: the active (or a new) run, or in a multirun a point nested
     under the sweep run. A failed point fails only itself; the summary is updated after each."""
     global _opened_by_point
@@ -237,7 +248,7 @@ def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
         return
     metric = selection_metric(cfg)
     sweep_run_id = _sweep_run_id or os.environ.get(SWEEP_RUN_ENV)
-    launcher = launcher_of(HydraConfig.get())
+    launcher = launcher_of(_hydra_node())
     if sweep_run_id is None and launcher != BASIC_LAUNCHER:
         raise RepriseError(
             "This parallel sweep has no sweep run: the project does not register Reprise's "
@@ -262,7 +273,7 @@ def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
             parent_run_id=sweep_run_id,
             nested=True,
             run_name=f"point-{hydra.job.num}",
-            tags={POINT_TAG: " ".join(hydra.overrides.task), "reprise.pipeline": "true"},
+            tags={POINT_TAG: " ".join(hydra.overrides.task), tags.PIPELINE_TAG: "true"},
         ) as point:
             yield point
     finally:
@@ -272,7 +283,7 @@ def pipeline_run(cfg: DictConfig, run_name: str = "") -> Iterator[Any]:
             client.set_terminated(sweep_run_id, "FINISHED")  # until check_points finds a failure
 
 
-def _points(client: MlflowClient, sweep_run_id: str) -> list[Any]:
+def _points(client: MlflowClient, sweep_run_id: str) -> list[Run]:
     """The point runs of a sweep, oldest first."""
     sweep = client.get_run(sweep_run_id)
     return client.search_runs(
@@ -302,8 +313,8 @@ def summarize(sweep_run_id: str, metric: str, mode: str) -> list[dict[str, Any]]
     rows.sort(key=lambda r: (r in scored, sign * (r[metric] or 0)), reverse=True)
     if scored:
         best = rows[0]
-        client.set_tag(sweep_run_id, "reprise.sweep.best_run", best["run_id"])
-        client.set_tag(sweep_run_id, "reprise.sweep.best_overrides", best["overrides"])
+        client.set_tag(sweep_run_id, tags.SWEEP_BEST_RUN_TAG, best["run_id"])
+        client.set_tag(sweep_run_id, tags.SWEEP_BEST_OVERRIDES_TAG, best["overrides"])
         client.log_metric(sweep_run_id, f"best.{metric}", best[metric])
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["run_id"])

@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from reprise import paths
 from reprise.errors import RepriseError
@@ -96,7 +97,15 @@ def closed_parent(where: Path, user: tuple[int, int]) -> Path | None:
     return None
 
 
-def _as_server_user(user: tuple[int, int] | None) -> dict[str, object]:
+class _ProcessUser(TypedDict, total=False):
+    """subprocess's keyword arguments that run a process as another user (none: as this one)."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _as_server_user(user: tuple[int, int] | None) -> _ProcessUser:
     return {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
 
 
@@ -269,7 +278,7 @@ def _init_database(where: Path, user: tuple[int, int] | None) -> None:
             capture_output=True,
             text=True,
             timeout=120,
-            **_as_server_user(user),  # type: ignore[arg-type]
+            **_as_server_user(user),
         )
     except subprocess.CalledProcessError as err:
         raise RepriseError(
@@ -337,7 +346,7 @@ def _postgres_ready(port: int, pgpass: Path) -> bool:
 def _http_ready(host: str, port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as answer:
-            return answer.status == 200
+            return int(answer.status) == 200  # urlopen's answer is untyped
     except OSError:
         return False
 
@@ -366,7 +375,7 @@ def _start_postgres(where: Path, port: int, user: tuple[int, int] | None) -> int
             stdout=out,
             stderr=out,
             start_new_session=True,
-            **_as_server_user(user),  # type: ignore[arg-type]
+            **_as_server_user(user),
         )
     _wait("PostgreSQL", lambda: _postgres_ready(port, where / "pgpass"), process, log_file)
     return process.pid

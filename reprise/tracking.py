@@ -5,14 +5,16 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from reprise import owners, paths
+from reprise import owners, paths, tags
 from reprise.components import (
     has_credentials,
     redact,
@@ -61,6 +63,11 @@ def use_defaults() -> str:
                     raise
             # another pipeline started at the same moment made it: use that one
             experiment = client.get_experiment_by_name(name)
+            if experiment is None:  # made and deleted again by another process in between
+                raise RepriseError(
+                    f"The experiment '{name}' was made by another process and is gone again.",
+                    "run the command again (or name another experiment: MLFLOW_EXPERIMENT_NAME).",
+                )
     owners.reap(client, [experiment.experiment_id])
     return experiment.experiment_id
 
@@ -110,16 +117,44 @@ def _artifact_location() -> str | None:
     return (database.parent / "mlartifacts").as_uri()
 
 
+def server_url(uri: str) -> str:
+    """A tracking server's URL without its credentials (the server serves the UI itself: the
+    browser asks for the login), or empty when ``uri`` is a store the UI must be started on."""
+    return strip_credentials(uri) if uri.lower().startswith(("http://", "https://")) else ""
+
+
+def ui_arguments(uri: str) -> list[str]:
+    """The `mlflow` arguments that start the MLflow UI on the store ``uri``."""
+    return ["ui", "--backend-store-uri", uri]
+
+
 def ui_command() -> str:
     """What shows this store in the MLflow UI: a tracking server's URL (it serves the UI
     itself), else the `mlflow ui` command that opens the store."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if uri.lower().startswith(("http://", "https://")):
-        # the browser asks for the login itself: the URL carries none
-        return f"open {strip_credentials(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {redact(uri)}"
+    if url := server_url(uri):
+        return f"open {url} in a browser"
+    return " ".join(["mlflow", *ui_arguments(redact(uri))])
+
+
+def ui_hint() -> str:
+    """How to open this store's MLflow UI, as printed after a run: `make ui` where the checkout
+    has it (pinned to this store when it is not the default one), and the command with this
+    interpreter's mlflow, which works without the venv on PATH."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if server_url(uri):
+        return ui_command()
+    by_python = f"{shlex.quote(sys.executable)} -m {ui_command()}"
+    if not (paths.ROOT / "Makefile").is_file():
+        return by_python
+    default = uri == f"sqlite:///{paths.ROOT / 'mlflow.db'}"
+    store = "" if default else f"MLFLOW_TRACKING_URI={shlex.quote(redact(uri))} "
+    folder = "" if Path.cwd() == paths.ROOT else f" -C {shlex.quote(str(paths.ROOT))}"
+    return f"{store}make{folder} ui (or: {by_python})"
 
 
 def run_project(uri: str, **kwargs: Any) -> Any:
@@ -176,4 +211,4 @@ def recorded_cause(message: str) -> str:
     from mlflow.tracking import MlflowClient
 
     run_id = failed_run_id(message)
-    return (MlflowClient().get_run(run_id).data.tags.get("reprise.error") or "") if run_id else ""
+    return (MlflowClient().get_run(run_id).data.tags.get(tags.ERROR_TAG) or "") if run_id else ""

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from reprise import git
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)
@@ -23,22 +24,11 @@ UNRELEASED = re.compile(r"^## \[Unreleased\][^\n]*\n", re.MULTILINE)
 NEXT_SECTION = re.compile(r"^## \[", re.MULTILINE)
 
 
-def git(repo: Path, *args: str) -> str:
-    """Run git in ``repo``; a failure is a RepriseError quoting git."""
-    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RepriseError(
-            f"git {' '.join(args)} failed in {repo}: {result.stderr.strip() or result.stdout.strip()}",
-            "see git's message.",
-        )
-    return result.stdout.strip()
-
-
 def require_clean(repo: Path) -> None:
     """Refuse uncommitted changes and untracked files: a release must be a commit."""
-    dirty = git(repo, "status", "--porcelain", "--untracked-files=all")
+    dirty = git.run("status", "--porcelain", "--untracked-files=all", cwd=repo)
     if dirty:
-        # "XY path" per line; git() strips the output, so the first line may have lost X's space
+        # "XY path" per line; git.run strips the output, so the first line may have lost X's space
         files = ", ".join(line.split(maxsplit=1)[-1] for line in dirty.splitlines()[:5])
         raise RepriseError(
             f"The work tree has uncommitted changes ({files}).",
@@ -165,21 +155,21 @@ def date_changelog(changelog_file: Path, version: str, day: dt.date) -> None:
 def atomic(repo: Path, tag: str) -> Iterator[None]:
     """Everything in the block or nothing: on any failure the branch, the files and the tags are
     put back as they were (the tree was clean when the block began)."""
-    head = git(repo, "rev-parse", "HEAD")
+    head = git.run("rev-parse", "HEAD", cwd=repo)
     try:
         yield
     except BaseException:
         log.error("release failed: putting %s back as it was at %s", repo, head[:12])
-        if tag in git(repo, "tag", "--list", tag).splitlines():
-            git(repo, "tag", "-d", tag)
-        git(repo, "reset", "--hard", head)
-        git(repo, "clean", "-fd")
+        if tag in git.run("tag", "--list", tag, cwd=repo).splitlines():
+            git.run("tag", "-d", tag, cwd=repo)
+        git.run("reset", "--hard", head, cwd=repo)
+        git.run("clean", "-fd", cwd=repo)
         raise
 
 
 def commit_and_tag(repo: Path, paths: list[str], version: str, tag: str, message: str) -> str:
     """Commit ``paths`` and make the annotated tag; returns the commit."""
-    git(repo, "add", "--", *paths)
-    git(repo, "commit", "-m", message)
-    git(repo, "tag", "-a", tag, "-m", message)
-    return git(repo, "rev-parse", "HEAD")
+    git.run("add", "--", *paths, cwd=repo)
+    git.run("commit", "-m", message, cwd=repo)
+    git.run("tag", "-a", tag, "-m", message, cwd=repo)
+    return git.run("rev-parse", "HEAD", cwd=repo)

@@ -1,6 +1,11 @@
-"""Fixtures of the platform tests; the code behind them is in support.py."""
+"""Fixtures of the platform tests (the code behind them is in support.py), and the two tiers:
+tests/unit/ runs in this process in seconds; every test of tests/e2e/ is marked e2e (real git
+servers, tracking stores, pipelines and HTTP servers, in processes of their own)."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 from support import (
     components_remote,
@@ -26,3 +31,12 @@ __all__ = [
 # once: UV_COMPILE_BYTECODE=0 reaches make, the bootstrap and uv through the environment.
 os.environ["UV_COMPILE_BYTECODE"] = "0"
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of tests/e2e/ e2e, so that `-m "not e2e"` is the fast tier wherever run."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)

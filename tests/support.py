@@ -22,9 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ROOT / "components-repo"
 SERVER_START_TIMEOUT_S = 20
-# The line of step_kit that every component runs at start; the tags of the served repository
-# differ by what follows it, so a test can tell which tag's code ran.
-MARKER_ANCHOR = "        mlflow.set_tag(STEP_TAG, self.name)\n"
+# The tag through which every step says which release of the components repository its code is
+# (the repository's VERSION file, read by step_kit): the served tags differ by it, so a test can
+# tell which tag's code ran.
+CODE_VERSION_TAG = "reprise.component.code_version"
 
 
 def free_port() -> int:
@@ -94,12 +95,11 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
 
 @dataclass
 class ComponentsRemote:
-    """The components repository on the git server, with two tags whose code differs."""
+    """The components repository on the git server, with tags whose code differs."""
 
     url: str
     bare: Path
-    tags: dict[str, str]  # tag -> commit SHA
-    markers: dict[str, str]  # tag -> marker value its code sets on every step's run
+    tags: dict[str, str]  # tag -> commit SHA; each tag's VERSION file holds the tag
 
 
 def _copy_components(dest: Path) -> None:
@@ -114,34 +114,31 @@ def _copy_components(dest: Path) -> None:
     )
 
 
-def publish_components(server: GitServer, name: str, markers: dict[str, str]) -> ComponentsRemote:
+def publish_components(server: GitServer, name: str, versions: list[str]) -> ComponentsRemote:
     """Push the components repository to ``server`` as ``name``.git, one commit and tag per
-    entry of ``markers``, each tag's step_kit setting run tag reprise.test.marker to its value."""
+    entry of ``versions``, each tag's VERSION file holding that version: every step of that
+    tag's code records it as its run tag CODE_VERSION_TAG."""
     work = server.base.parent / f"{name}-work"
     _copy_components(work)
     git("init", "-q", "-b", "main", cwd=work)
     git("config", "user.email", "test@reprise.invalid", cwd=work)
     git("config", "user.name", "Reprise tests", cwd=work)
-    step_py = work / "step_kit" / "step.py"
-    original = step_py.read_text()
-    assert MARKER_ANCHOR in original, "step_kit/step.py changed: update MARKER_ANCHOR"
     tags = {}
-    for tag, marker in markers.items():
-        line = f'        mlflow.set_tag("reprise.test.marker", "{marker}")\n'
-        step_py.write_text(original.replace(MARKER_ANCHOR, MARKER_ANCHOR + line))
+    for version in versions:
+        (work / "VERSION").write_text(f"{version}\n")
         git("add", "-A", cwd=work)
-        git("commit", "-q", "-m", f"components {tag}", cwd=work)
-        git("tag", "-a", tag, "-m", f"components {tag}", cwd=work)
-        tags[tag] = git("rev-parse", "HEAD", cwd=work)
+        git("commit", "-q", "-m", f"components {version}", cwd=work)
+        git("tag", "-a", version, "-m", f"components {version}", cwd=work)
+        tags[version] = git("rev-parse", "HEAD", cwd=work)
     bare = server.base / f"{name}.git"
     git("clone", "-q", "--bare", str(work), str(bare))
-    return ComponentsRemote(f"{server.url}/{name}.git", bare, tags, dict(markers))
+    return ComponentsRemote(f"{server.url}/{name}.git", bare, tags)
 
 
 @pytest.fixture(scope="session")
 def components_remote(git_server: GitServer) -> ComponentsRemote:
-    """components.git on the git server: tag 0.1.0 (marker "old") and 0.2.0 (marker "new")."""
-    return publish_components(git_server, "components", {"0.1.0": "old", "0.2.0": "new"})
+    """components.git on the git server: tags 0.1.0 and 0.2.0, whose code says which it is."""
+    return publish_components(git_server, "components", ["0.1.0", "0.2.0"])
 
 
 @dataclass

@@ -30,6 +30,19 @@ STEP_TAG = "reprise.step"
 ERROR_TAG = "reprise.error"
 # Set by the orchestrator so every step of one pipeline run lands in one W&B group.
 GROUP_ENV = "REPRISE_PIPELINE_RUN_ID"
+# The version the running code's own repository declares (its VERSION file): which release's
+# code ran, as the code itself says, beside the tag the orchestrator asked for.
+CODE_VERSION_TAG = "reprise.component.code_version"
+
+
+def code_version() -> str | None:
+    """The VERSION of the components repository this step_kit belongs to; None without one."""
+    # each component reaches step_kit through a link; the repository is the real folder's parent
+    version = Path(__file__).resolve().parent.parent / "VERSION"
+    try:
+        return version.read_text(encoding="utf-8").strip()[:250] or None
+    except OSError:
+        return None
 
 
 def configure_logging() -> None:
@@ -71,6 +84,9 @@ class Step:
         self.run_id = run.info.run_id
         mlflow.set_tag(STEP_TAG, self.name)
         mlflow.set_tag("reprise.python", sys.executable)
+        version = code_version()
+        if version is not None:
+            mlflow.set_tag(CODE_VERSION_TAG, version)
         self._wandb = self._start_wandb()
         log.info("step %s: MLflow run %s", self.name, self.run_id)
         return self

@@ -79,7 +79,7 @@ class _Categorical:
         series = pd.Series(values, copy=False)
         if self.fill is not None:
             series = series.where(series.notna(), self.fill)
-        return self.categories.get_indexer(series).astype(np.int64)
+        return np.asarray(self.categories.get_indexer(series), dtype=np.int64)
 
     def codes_arrow(self, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """As ``codes``, from an Arrow column of text (plain or dictionary-encoded)."""
@@ -93,8 +93,8 @@ class _Categorical:
         # each distinct value of the column looked up once; a missing one is the last entry
         found = [self.lookup.get(v, -1) for v in values.dictionary.to_pylist()]
         table = np.array([*found, self.fill_code], dtype=np.int64)
-        indices = values.indices.fill_null(len(found)).to_numpy(zero_copy_only=False)
-        return table[indices]
+        indices = np.asarray(values.indices.fill_null(len(found)).to_numpy(zero_copy_only=False))
+        return np.take(table, indices)
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,11 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
+# _Trees' left, right, feature, category, threshold and value arrays as Python lists, for the
+# node-by-node walk of a few rows (a list index is faster there than a numpy one)
+_TreeLists = tuple[list[int], list[int], list[int], list[int], list[float], list[float]]
+
+
 @dataclass
 class _Trees:
     """Decision trees over the raw inputs, all nodes of all trees in one set of arrays.
@@ -156,7 +161,7 @@ class _Trees:
     ARRAYS = ("roots", "left", "right", "feature", "category", "threshold", "value")
 
     def __post_init__(self) -> None:
-        self._lists = None
+        self._lists: _TreeLists | None = None
 
     def predict(self, inputs: list[np.ndarray], n: int) -> np.ndarray:
         """Mean leaf value over the trees for each of ``n`` rows."""
@@ -188,9 +193,13 @@ class _Trees:
         """One row, walked in Python: the same tests as ``predict``, without numpy's per-call
         overhead."""
         if self._lists is None:
-            self._lists = tuple(
-                getattr(self, name).tolist()
-                for name in ("left", "right", "feature", "category", "threshold", "value")
+            self._lists = (
+                self.left.tolist(),
+                self.right.tolist(),
+                self.feature.tolist(),
+                self.category.tolist(),
+                self.threshold.tolist(),
+                self.value.tolist(),
             )
         left, right, feature, category, threshold, value = self._lists
         n_numeric = self.n_numeric
@@ -226,7 +235,8 @@ def _compile_trees(
         return None
     positive = list(classifier.classes_).index(1)
     n_classes = len(classifier.classes_)
-    roots, parts = [], {name: [] for name in _Trees.ARRAYS if name != "roots"}
+    roots: list[int] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in _Trees.ARRAYS if name != "roots"}
     offset = 0
     for tree in trees:
         t = tree.tree_
@@ -319,11 +329,11 @@ class FastScorer:
                 categorical.append(_Categorical(column, position, categories, lookup, fill))
                 position += len(categories)
         inputs_of: list[tuple[int, int]] = [(-1, -1)] * position
-        for k, spec in enumerate(numeric):
-            inputs_of[spec.position] = (k, -1)
-        for k, spec in enumerate(categorical):
-            for j in range(len(spec.categories)):
-                inputs_of[spec.offset + j] = (len(numeric) + k, j)
+        for k, number in enumerate(numeric):
+            inputs_of[number.position] = (k, -1)
+        for k, category in enumerate(categorical):
+            for j in range(len(category.categories)):
+                inputs_of[category.offset + j] = (len(numeric) + k, j)
         trees = _compile_trees(classifier, inputs_of, len(numeric))
         if trees is not None:
             return cls(threshold, numeric, categorical, position, trees, None, at_threshold)
@@ -408,7 +418,11 @@ class FastScorer:
     @property
     def columns(self) -> list[str]:
         """The input columns the model reads."""
-        return list(dict.fromkeys(c.column for c in [*self.numeric, *self.categorical]))
+        return list(
+            dict.fromkeys(
+                [*(s.column for s in self.numeric), *(s.column for s in self.categorical)]
+            )
+        )
 
     @property
     def imputed(self) -> frozenset[str]:
@@ -435,11 +449,11 @@ class FastScorer:
     def _matrix(self, inputs: list[np.ndarray]) -> np.ndarray:
         n = len(inputs[0])
         matrix = np.zeros((n, self.width), dtype=np.float64)
-        for spec, values in zip(self.numeric, inputs, strict=False):
-            matrix[:, spec.position] = values
-        for spec, codes in zip(self.categorical, inputs[len(self.numeric) :], strict=True):
+        for number, values in zip(self.numeric, inputs, strict=False):
+            matrix[:, number.position] = values
+        for category, codes in zip(self.categorical, inputs[len(self.numeric) :], strict=True):
             hit = codes >= 0
-            matrix[np.flatnonzero(hit), spec.offset + codes[hit]] = 1.0
+            matrix[np.flatnonzero(hit), category.offset + codes[hit]] = 1.0
         return matrix
 
     def _proba(self, inputs: list[np.ndarray]) -> np.ndarray:
@@ -448,7 +462,9 @@ class FastScorer:
             # scikit-learn's trees read float32: each number rounded as they round it
             rounded = [v.astype(np.float32).astype(np.float64) for v in inputs[: len(self.numeric)]]
             return self.trees.predict(rounded + inputs[len(self.numeric) :], n)
-        return self.classifier.predict_proba(self._matrix(inputs))[:, self.positive_index]
+        return np.asarray(
+            self.classifier.predict_proba(self._matrix(inputs))[:, self.positive_index]
+        )
 
     def predict_proba(self, rows: pd.DataFrame | Mapping[str, Sequence[Any]]) -> np.ndarray:
         """Probability of the positive class for each row."""

@@ -1,5 +1,5 @@
-"""The model to serve: which one (a release, a registry alias, a run), loaded once, its input
-schema from the MLflow signature, and the checks every input row must pass.
+"""The model to serve, loaded once (which one: reprise.serving.reference): its input schema from
+the MLflow signature, and the checks every input row must pass (their rules: reprise.serving.rows).
 
 A model whose fast path is plain arrays (a decision tree or a small forest) is compiled once per
 model version and kept in the cache folder under the digest of the version's files; later loads
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,36 +22,30 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from reprise import manifest, paths, tracking
+from reprise import paths, tracking
 from reprise.errors import RepriseError
-from reprise.serving import fast, registry
+from reprise.serving import fast
 from reprise.serving.fast import FastScorer, NotCompilable
+from reprise.serving.reference import PROD_ALIAS as PROD_ALIAS  # names release.py imports here
+from reprise.serving.reference import pinned_uri, signature_inputs
+from reprise.serving.reference import resolve as resolve
+from reprise.serving.rows import (
+    INT64,
+    InputError,
+    file_value_problem,
+    missing_columns,
+    refused_numbers,
+    value_problem,
+)
 
 log = logging.getLogger(__name__)
 
-PROD_ALIAS = "prod"
-# MLflow signature types -> the kind of value a column holds
-INT64 = 2**63  # integers are held as int64
-# Below this a float holds every integer exactly; above it, 9007199254740993 arrives as ...992
-# and 9.3e18 may stand for any of 1024 integers, so an integer column refuses such floats.
-FLOAT_EXACT = 2**53
 # Files of a model version's folder that say nothing of the model: MLflow writes this one at the
 # version's first load (its name and number), which would change the folder's digest.
 NOT_THE_MODEL = {"registered_model_meta"}
+# MLflow signature types -> the kind of value a column holds
 NUMERIC_TYPES = {"long": "integer", "integer": "integer", "double": "number", "float": "number"}
-
-
-class InputError(ValueError):
-    """A row or a request that does not fit the model's input schema; names field and problem."""
-
-    def __init__(self, problem: str, field: str = "", row: int | None = None) -> None:
-        self.problem = problem
-        self.field = field
-        self.row = row
-        where = f"row {row}: " if row is not None else ""
-        super().__init__(f"{where}{field + ': ' if field else ''}{problem}")
 
 
 @dataclass
@@ -118,7 +111,7 @@ class ServedModel:
             if not isinstance(record, dict):
                 raise InputError("a row must be an object of column: value", row=i)
             if record.keys() != names:
-                missing = [c for c in kinds if c not in record]
+                missing = missing_columns(kinds, record)
                 if missing:
                     raise InputError("missing column", missing[0], row=i)
                 extra = [k for k in record if k not in kinds]
@@ -168,163 +161,10 @@ class ServedModel:
                 bad = pd.Series(refused, index=frame.index)
             first = bad & (reasons == "")
             reasons[first] = [
-                f"{column}: {_file_value_problem(v, n, kind)}"
+                f"{column}: {file_value_problem(v, n, kind)}"
                 for v, n in zip(values[first], numbers[first], strict=True)
             ]
         return reasons
-
-
-def unfit_numbers(numbers: Any, kind: str) -> np.ndarray:
-    """Per value of an array of numbers, whether a column of ``kind`` ("integer" or "number")
-    refuses it: missing, not finite, or for an integer column not a whole number that an int64
-    holds exactly (a float only below 2**53). The one rule of requests, rows and files."""
-    values = np.asarray(numbers)
-    if values.dtype.kind == "b":
-        return np.ones(values.shape, dtype=bool)
-    if values.dtype.kind == "i":
-        return np.zeros(values.shape, dtype=bool)
-    if values.dtype.kind == "u":
-        return values >= np.uint64(INT64)
-    if values.dtype.kind != "f":  # objects (Decimal, None, text): as numbers, or missing
-        values = pd.to_numeric(pd.Series(values.ravel()), errors="coerce").to_numpy(np.float64)
-    with np.errstate(invalid="ignore"):  # inf % 1 is NaN, as it should be here
-        return ~_fit_floats(values, kind)
-
-
-def refused_numbers(values: Any, numbers: Any, kind: str, imputes: bool) -> np.ndarray:
-    """Per value of a number column, whether the row checks refuse it: ``unfit_numbers`` of
-    ``numbers`` (its parse), except a missing value (None, NaN) where the model ``imputes``
-    the column (text that parses to no number stays refused)."""
-    refused = unfit_numbers(numbers, kind)
-    if imputes:
-        refused &= ~np.asarray(pd.isna(values), dtype=bool)
-    return refused
-
-
-def _fit_floats(values: Any, kind: str) -> Any:
-    """Whether floats fit a column of ``kind``, written once for one float and for an array:
-    finite, and for an integer column whole and below 2**53 in size."""
-    fit = abs(values) < math.inf  # false for NaN too
-    if kind == "integer":
-        fit = fit & (values % 1 == 0) & (abs(values) < FLOAT_EXACT)
-    return fit
-
-
-def _number_problem(value: Any, kind: str) -> str:
-    """What is wrong with one value for a number column, "" if nothing (no "got ...")."""
-    name = "an integer" if kind == "integer" else "a number"
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"must be {name}"
-    if isinstance(value, int):  # exact, whatever its size: only the range counts
-        return "" if -INT64 <= value < INT64 else "is out of range of a 64-bit integer"
-    if _fit_floats(value, kind):
-        return ""
-    if not math.isfinite(value):
-        return "must be a finite number"
-    if not value.is_integer():
-        return "must be an integer"
-    # beyond 2**53 floats skip integers: the value sent may not be the one meant
-    return "is not an integer a 64-bit integer holds exactly (as a float, within ±2**53)"
-
-
-def _file_value_problem(value: Any, number: Any, kind: str) -> str:
-    """What is wrong with a value of a file's row (``number`` its parse), with the value as the
-    file holds it."""
-    if kind == "string":
-        return f"must be text or null, got {value!r}"
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return f"must be {'an integer' if kind == 'integer' else 'a number'}, got a missing value"
-    problem = _number_problem(value if pd.isna(number) else number, kind)
-    return f"{problem or 'must be a number'}, got {_shown(value)}"
-
-
-def _shown(value: Any) -> str:
-    """A value as an error shows it: its repr, cut after 24 characters."""
-    text = repr(value)
-    return text if len(text) <= 24 else f"{text[:24]}..."
-
-
-def value_problem(value: Any, kind: str) -> str:
-    """What is wrong with one value for a column of this kind, "" if nothing."""
-    if kind == "string":
-        return (
-            ""
-            if value is None or isinstance(value, str)
-            else f"must be text or null, got {value!r}"
-        )
-    problem = _number_problem(value, kind)
-    return f"{problem}, got {_shown(value)}" if problem else ""
-
-
-def default_uri() -> str:
-    """``models:/NAME@prod`` for the project's registered model (main.registered_model_name of
-    project/config/config.yaml)."""
-    config = paths.PROJECT_DIR / "config" / "config.yaml"
-    try:
-        name = (
-            (yaml.safe_load(config.read_text()) or {}).get("main", {}).get("registered_model_name")
-        )
-    except (OSError, yaml.YAMLError) as err:
-        raise RepriseError(f"Cannot read {config} ({err}).", "restore it from git.") from None
-    if not name:
-        raise RepriseError(
-            f"No model to serve by default: main.registered_model_name is empty in {config}.",
-            "name a model: --model models:/NAME@prod, or --release X.Y.Z.",
-        )
-    return f"models:/{name}@{PROD_ALIAS}"
-
-
-def resolve(release: str | None = None, model: str | None = None) -> tuple[str, dict[str, Any]]:
-    """The model URI to serve and what identifies it: a release's model version, a given URI
-    (models:/name@alias, models:/name/version, runs:/...), or by default name@prod. A registered
-    version whose files are on this disk also gets ``artifacts``, their folder."""
-    if release:
-        from mlflow.tracking import MlflowClient
-
-        record = manifest.load(release)
-        entry = record["mlflow"]["model"]
-        # the version of this store that is the release's model: in another store the
-        # manifest's number may be another model
-        tracking.use_defaults()
-        entry = {**entry, "version": manifest.registered_version(MlflowClient(), record)}
-        meta = {
-            "name": entry["name"],
-            "version": str(entry["version"]),
-            "release": release,
-            "components": {s: c["sha"] for s, c in record["components"].items()},
-        }
-        local = registry.local_version(meta["name"], version=meta["version"])
-        if local is not None:
-            meta["artifacts"] = str(local.artifacts)
-        return f"models:/{entry['name']}/{entry['version']}", meta
-    uri = model or default_uri()
-    if not uri.startswith("models:/"):
-        return uri, {}
-    name, _, rest = uri.removeprefix("models:/").partition("@")
-    alias = rest or None
-    version = None
-    if alias is None and "/" in name:
-        name, version = name.split("/", 1)
-    local = registry.local_version(name, version=version, alias=alias)
-    if local is not None:
-        meta = {"name": name, "version": local.version, "artifacts": str(local.artifacts)}
-        return uri, {**meta, "alias": alias} if alias else meta
-    if alias is None:  # models:/name/N names its version; anything else is MLflow's to read
-        return uri, {"name": name, "version": version} if version and version.isdigit() else {}
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    tracking.use_defaults()
-    try:
-        found = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
-        raise RepriseError(
-            f"No model version of '{name}' is aliased '{alias}' in the tracking store.",
-            "promote one: make promote VERSION=X.Y.Z (or pass --model / --release).",
-        ) from None
-    return uri, {"name": name, "version": str(found.version), "alias": alias}
 
 
 def _compiled_path(artifacts: str | None) -> Path | None:
@@ -363,7 +203,7 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
     folder when this version was compiled before)."""
     meta = meta or {}
     # an alias may move while we load: pin the version it pointed to
-    uri_pinned = f"models:/{meta['name']}/{meta['version']}" if meta.get("version") else uri
+    uri_pinned = pinned_uri(uri, meta)
     compiled = _compiled_path(meta.get("artifacts"))
     if compiled is not None and compiled.is_file():
         try:
@@ -388,16 +228,15 @@ def load(uri: str, meta: dict[str, Any] | None = None) -> ServedModel:
         ) from None
     # never mlflow.sklearn.load_model: it trusts the types the model's own MLmodel file lists
     sk_model = model_trust.load_sklearn(folder, uri_pinned)
-    signature = info.signature
-    if signature is None or signature.inputs is None:
-        raise RepriseError(f"Model {uri_pinned} has no input signature.", "log it with one.")
+    # a column's type is a DataType (or a numpy dtype): both have a name; others are text
     columns = {
-        spec.name: NUMERIC_TYPES.get(spec.type.name, "string") for spec in signature.inputs.inputs
+        spec.name: NUMERIC_TYPES.get(str(getattr(spec.type, "name", "")), "string")
+        for spec in signature_inputs(info, uri_pinned).inputs
     }
     classifier = getattr(getattr(sk_model, "estimator", sk_model), "named_steps", {}).get(
         "classifier"
     )
-    if hasattr(classifier, "n_jobs"):
+    if classifier is not None and hasattr(classifier, "n_jobs"):
         classifier.n_jobs = 1  # a request or a chunk is small, and the workers are the parallelism
     try:
         scorer = FastScorer.compile(sk_model)

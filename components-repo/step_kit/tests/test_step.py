@@ -43,4 +43,8 @@ def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
     assert "step probe stopped by an interrupt (Ctrl-C); its run ends KILLED" in result.stderr
     run_id = result.stdout.split()[0]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    assert client.get_run(run_id).info.status == "KILLED"
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    # the code says which release of the repository it is
+    version = (COMPONENTS / "VERSION").read_text().strip()
+    assert run.data.tags["reprise.component.code_version"] == version

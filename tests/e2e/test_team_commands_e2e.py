@@ -1,7 +1,7 @@
 """Every command against the team's tracking server (PostgreSQL, proxied artifacts): one release
 of a clone of this work tree, a run whose steps all come from the cache, promote, serve following
 prod through the server's API, and predict of a file. (verify compares a rerun with the
-release's manifest the same way on any store: tests/test_release_e2e.py runs it.)"""
+release's manifest the same way on any store: tests/e2e/test_release_e2e.py runs it.)"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from reprise import manifest, tracking
-from reprise.components import (
+from reprise.credentials import (
     find_credentials,
     has_credentials,
     redact,

@@ -15,9 +15,12 @@ import pytest
 import test_fast_missing
 from test_fast_missing import fitted, refitted
 
-from reprise.serving import batch, server
+from reprise.serving.batch.score import arrow_clean, check_and_type, score_frame, score_table
 from reprise.serving.fast import FastScorer
-from reprise.serving.model import InputError, ServedModel
+from reprise.serving.model import ServedModel
+from reprise.serving.rows import InputError
+from reprise.serving.server.openapi import row_schema
+from reprise.serving.server.scoring import score_now
 
 # test_fast_missing's fixtures: Adult rows, some numbers missing in training and held out
 schema = test_fast_missing.schema
@@ -87,7 +90,7 @@ def test_requests_with_null_and_nan_numbers_are_scored_as_scikit_learn(
     column = next(c for c, k in kinds.items() if k == "number")
     given[1][column] = float("nan")  # JSON's NaN literal, which Python's parser reads
     columns = served.columns_from_records(given)
-    proba, labels = server._score_now(served, columns)
+    proba, labels = score_now(served, columns)
     np.testing.assert_allclose(proba, expected(imputing, rows), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(labels, imputing.predict(rows))
 
@@ -123,7 +126,7 @@ def test_infinity_is_refused_even_where_the_model_imputes(imputing, kinds, rows,
             served.columns_from_records(bad)
         frame = rows.astype({column: object})
         frame.loc[3, column] = infinity
-        reasons, _ = batch.check_and_type(served, frame)
+        reasons, _ = check_and_type(served, frame)
         assert reasons[3] == f"{column}: must be a finite number, got {infinity!r}"
         assert (reasons.drop(index=3) == "").all()
 
@@ -139,16 +142,16 @@ def file_rows(rows: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
 def test_file_rows_missing_numbers_pass_the_checks_and_score(imputing, kinds, rows, way):
     served = served_ways(imputing, kinds)[way]
     for frame in (rows, file_rows(rows, kinds)):
-        reasons, typed = batch.check_and_type(served, frame)
+        reasons, typed = check_and_type(served, frame)
         assert (reasons == "").all(), reasons[reasons != ""]
         for column, kind in kinds.items():  # an integer column missing a value: float64
             if kind != "string":
                 assert typed[column].dtype == np.float64, column
-        scores = batch.score_frame(served, frame)
+        scores = score_frame(served, frame)
         assert len(scores.bad_positions) == 0
         np.testing.assert_allclose(scores.probability, expected(imputing, rows), atol=1e-12)
     whole = rows.dropna(subset=[c for c, k in kinds.items() if k == "integer"])
-    assert batch.check_and_type(served, whole)[1][next(iter(kinds))].dtype == np.int64
+    assert check_and_type(served, whole)[1][next(iter(kinds))].dtype == np.int64
 
 
 def test_text_that_is_no_number_stays_refused_where_the_model_imputes(imputing, kinds, rows):
@@ -157,7 +160,7 @@ def test_text_that_is_no_number_stays_refused_where_the_model_imputes(imputing, 
     column = next(iter(kinds))
     frame.loc[5, column] = "NaN"  # in a CSV this is text: only an empty field is missing
     frame.loc[6, column] = "abc"
-    reasons, _ = batch.check_and_type(served, frame)
+    reasons, _ = check_and_type(served, frame)
     assert kinds[column] == "integer"
     assert reasons[5] == f"{column}: must be an integer, got 'NaN'"
     assert reasons[6] == f"{column}: must be an integer, got 'abc'"
@@ -169,7 +172,7 @@ def test_file_rows_missing_numbers_are_refused_as_before_by_a_model_that_cannot_
     passing_through, kinds, rows, way
 ):
     served = served_ways(passing_through, kinds)[way]
-    reasons, typed = batch.check_and_type(served, file_rows(rows, kinds))
+    reasons, typed = check_and_type(served, file_rows(rows, kinds))
     missing = rows[[c for c, k in kinds.items() if k != "string"]].isna()
     assert (reasons != "").tolist() == missing.any(axis=1).tolist()
     first = missing.idxmax(axis=1)[missing.any(axis=1)]
@@ -186,9 +189,9 @@ def test_arrow_nulls_take_the_fast_path_and_score(imputing, passing_through, kin
         index = table.schema.get_field_index(column)
         table = table.set_column(index, column, pa.array(rows[column].astype("Int64")))
     served = served_ways(imputing, kinds)["fast"]
-    assert batch._arrow_clean(served.columns, table, served.imputed)
-    assert not batch._arrow_clean(served.columns, table)  # nothing imputed: checked path
-    scores = batch.score_table(served, table)
+    assert arrow_clean(served.columns, table, served.imputed)
+    assert not arrow_clean(served.columns, table)  # nothing imputed: checked path
+    scores = score_table(served, table)
     assert len(scores.bad_positions) == 0
     np.testing.assert_allclose(scores.probability, expected(imputing, rows), atol=1e-12)
     # a NaN value (not a null) takes the checked path, and is scored there too
@@ -196,12 +199,12 @@ def test_arrow_nulls_take_the_fast_path_and_score(imputing, passing_through, kin
     nan = pa.array(rows[column].to_numpy(), from_pandas=False)
     assert nan.null_count == 0
     with_nan = table.set_column(table.schema.get_field_index(column), column, nan)
-    assert not batch._arrow_clean(served.columns, with_nan, served.imputed)
-    scores = batch.score_table(served, with_nan)
+    assert not arrow_clean(served.columns, with_nan, served.imputed)
+    scores = score_table(served, with_nan)
     np.testing.assert_allclose(scores.probability, expected(imputing, rows), atol=1e-12)
 
     old = served_ways(passing_through, kinds)["fast"]
-    refused = batch.score_table(old, table)
+    refused = score_table(old, table)
     missing = rows[[c for c, k in kinds.items() if k != "string"]].isna().any(axis=1)
     assert refused.bad_positions.tolist() == np.flatnonzero(missing).tolist()
 
@@ -209,7 +212,7 @@ def test_arrow_nulls_take_the_fast_path_and_score(imputing, passing_through, kin
 def test_the_spark_engine_keeps_refusing_a_missing_number(imputing, kinds, rows) -> None:
     """Its label comes from mlflow's spark_udf, which reads an integer column as int64."""
     served = served_ways(imputing, kinds)["fast"]
-    reasons, _ = batch.check_and_type(served, file_rows(rows, kinds), impute=False)
+    reasons, _ = check_and_type(served, file_rows(rows, kinds), impute=False)
     missing = rows[[c for c, k in kinds.items() if k != "string"]].isna().any(axis=1)
     assert (reasons != "").tolist() == missing.tolist()
     assert all("got a missing value" in r for r in reasons[reasons != ""])
@@ -218,8 +221,8 @@ def test_the_spark_engine_keeps_refusing_a_missing_number(imputing, kinds, rows)
 def test_the_openapi_schema_shows_an_imputed_number_as_number_or_null(
     imputing, passing_through, kinds
 ) -> None:
-    new = server._row_schema(served_ways(imputing, kinds)["fast"])["properties"]
-    old = server._row_schema(served_ways(passing_through, kinds)["fast"])["properties"]
+    new = row_schema(served_ways(imputing, kinds)["fast"])["properties"]
+    old = row_schema(served_ways(passing_through, kinds)["fast"])["properties"]
     for column, kind in kinds.items():
         if kind == "string":
             assert new[column] == old[column] == {"type": ["string", "null"]}

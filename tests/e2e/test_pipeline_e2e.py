@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from support import (
+    CODE_VERSION_TAG,
     ROOT,
     ComponentsRemote,
     Workspace,
@@ -71,7 +72,7 @@ def test_older_tag_runs_older_code_and_records_its_sha(
     for step, run in children.items():
         tags = run.data.tags
         assert run.info.status == "FINISHED", step
-        assert tags["reprise.test.marker"] == "old", f"{step} ran the code of another tag"
+        assert tags[CODE_VERSION_TAG] == "0.1.0", f"{step} ran the code of another tag"
         assert tags["mlflow.source.git.commit"] == sha, step
         assert tags["reprise.component.sha"] == sha, step
         assert tags["reprise.component.version"] == "0.1.0", step
@@ -100,7 +101,7 @@ def test_uv_environment_for_one_component(
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     run = steps_run(workspace)["get_data"]
-    assert run.data.tags["reprise.test.marker"] == "new"
+    assert run.data.tags[CODE_VERSION_TAG] == "0.2.0"
     assert run.data.tags["reprise.component.env_manager"] == "uv"
     assert run.data.tags["mlflow.source.git.commit"] == components_remote.tags["0.2.0"]
     # the step ran in the uv environment made from the component's locked requirements
@@ -124,7 +125,7 @@ def test_one_component_from_the_remote_with_mlflow_run(
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
     (run,) = client.search_runs(["0"])
-    assert run.data.tags["reprise.test.marker"] == "old"
+    assert run.data.tags[CODE_VERSION_TAG] == "0.1.0"
     assert run.data.tags["reprise.output.raw_data.sha256"] == (
         "4af4184c7c508760ca7412c0f34ab7169a9294770ee68c4eec4ad3162ddf44df"
     )

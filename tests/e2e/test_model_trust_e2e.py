@@ -25,7 +25,8 @@ from test_fast import fitted
 
 from reprise.errors import RepriseError
 from reprise.serving.fast import FastScorer, digest_path
-from reprise.serving.model import _compiled_path, compiled_on_disk, load, resolve
+from reprise.serving.model import _compiled_path, compiled_on_disk, load
+from reprise.serving.reference import resolve
 from support import ROOT, log_and_register, workspace_env, workspace_process
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +128,8 @@ def test_a_checked_compiled_scorer_still_loads_without_mlflow(store: Store, halv
     halves[1].head(50).to_parquet(rows)
     program = (
         "import sys, pandas as pd\n"
-        "from reprise.serving.model import load, resolve\n"
+        "from reprise.serving.model import load\n"
+        "from reprise.serving.reference import resolve\n"
         f"served = load(*resolve(model='models:/{NAME}/1'))\n"
         f"print(served.scorer.predict_proba(pd.read_parquet({str(rows)!r})).tolist())\n"
         "print(sorted(m for m in ('mlflow', 'sklearn') if m in sys.modules))\n"

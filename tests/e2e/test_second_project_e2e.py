@@ -30,7 +30,7 @@ from support import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("second_project")]
 
-OWN_FILES = Path(__file__).parent / "second_project"
+OWN_FILES = Path(__file__).parent.parent / "second_project"
 # What the second repository takes from this one: the platform and the project's skeleton.
 SKELETON = (
     "project/MLproject",

@@ -22,7 +22,7 @@ from test_batch_e2e import counts, ok, predict
 from test_batch_safety import unwritable
 from test_serving_e2e import start_server, stop_server
 
-from reprise.serving.model import value_problem
+from reprise.serving.rows import value_problem
 from support import ROOT, ServedStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]

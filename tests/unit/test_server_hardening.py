@@ -18,18 +18,17 @@ import pytest
 from starlette.requests import Request
 
 from reprise.serving import connections
-from reprise.serving.server import (
-    ModelReference,
-    RequestProblem,
-    Settings,
-    _check_containers,
-    _check_csv_fields,
-    _check_key,
-    _parse_json,
-    _records_from_mlflow_json,
-    create_app,
-    is_loopback,
+from reprise.serving.reference import ModelReference
+from reprise.serving.server.app import create_app
+from reprise.serving.server.guards import check_key, is_loopback
+from reprise.serving.server.protocol import (
+    check_containers,
+    check_csv_fields,
+    parse_json,
+    records_from_mlflow_json,
 )
+from reprise.serving.server.refusals import RequestProblem
+from reprise.serving.server.settings import Settings
 
 HEADER = "age,workclass,fnlwgt\n"
 
@@ -48,7 +47,7 @@ MISCOUNTED_CSV = {
 def test_csv_lines_with_another_field_count_than_the_header_are_refused(case: str) -> None:
     body, line, count = MISCOUNTED_CSV[case]
     with pytest.raises(RequestProblem) as refused:
-        _check_csv_fields(body.encode(), max_rows=100)
+        check_csv_fields(body.encode(), max_rows=100)
     assert refused.value.status == 422
     assert refused.value.field == f"line {line}"
     assert refused.value.problem == f"line {line} holds {count} fields, the header 3"
@@ -65,14 +64,14 @@ def test_csv_lines_with_another_field_count_than_the_header_are_refused(case: st
     ],
 )
 def test_csv_lines_with_the_header_field_count_pass(body: str) -> None:
-    _check_csv_fields(body.encode(), max_rows=100)
+    check_csv_fields(body.encode(), max_rows=100)
 
 
 def test_csv_rows_over_the_cap_are_refused_with_413() -> None:
     body = HEADER + "39,a,1\n" * 11
-    _check_csv_fields(body.encode(), max_rows=11)
+    check_csv_fields(body.encode(), max_rows=11)
     with pytest.raises(RequestProblem) as refused:
-        _check_csv_fields(body.encode(), max_rows=10)
+        check_csv_fields(body.encode(), max_rows=10)
     assert refused.value.status == 413 and "11 rows, more than the 10" in refused.value.problem
 
 
@@ -94,14 +93,14 @@ DUPLICATE_KEYS = {
 def test_a_key_named_twice_in_an_object_is_refused_at_any_depth(case: str) -> None:
     body, key = DUPLICATE_KEYS[case]
     with pytest.raises(RequestProblem) as refused:
-        _parse_json(body.encode())
+        parse_json(body.encode())
     assert refused.value.status == 400 and refused.value.field == key
     assert refused.value.problem == "an object of the body names this key twice"
 
 
 def test_keys_that_differ_or_repeat_in_other_objects_pass() -> None:
     body = '[{"age": 1, "Age": 2}, {"age": 3}, {"a": {"age": 4}}]'
-    assert _parse_json(body.encode()) == json.loads(body)
+    assert parse_json(body.encode()) == json.loads(body)
 
 
 def _rows(count: int) -> list[dict[str, Any]]:
@@ -119,9 +118,9 @@ FORMATS = {
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_rows_over_the_cap_are_refused_in_every_mlflow_format(fmt: str) -> None:
-    assert len(_records_from_mlflow_json(FORMATS[fmt](5), max_rows=5)) == 5
+    assert len(records_from_mlflow_json(FORMATS[fmt](5), max_rows=5)) == 5
     with pytest.raises(RequestProblem) as refused:
-        _records_from_mlflow_json(FORMATS[fmt](6), max_rows=5)
+        records_from_mlflow_json(FORMATS[fmt](6), max_rows=5)
     assert refused.value.status == 413 and refused.value.reason == "too_many_rows"
     assert "--max-rows" in refused.value.fix
 
@@ -143,7 +142,7 @@ KEY = "s3cret-key-\u00e9"  # a key need not be ASCII
     ],
 )
 def test_the_api_key_is_taken_from_either_header(headers: list[tuple[str, str]]) -> None:
-    _check_key(_request(*headers), KEY)
+    check_key(_request(*headers), KEY)
 
 
 # (headers, the problem a client reads)
@@ -160,7 +159,7 @@ WITHOUT_THE_KEY = {
 def test_a_request_without_the_key_is_refused_with_401(case: str) -> None:
     headers, problem = WITHOUT_THE_KEY[case]
     with pytest.raises(RequestProblem) as refused:
-        _check_key(_request(*headers), KEY)
+        check_key(_request(*headers), KEY)
     assert refused.value.status == 401 and refused.value.problem == problem
     assert refused.value.headers == {"WWW-Authenticate": "Bearer"}
     assert KEY not in str(refused.value) + refused.value.fix
@@ -258,7 +257,7 @@ CONTAINER_FLOODS = {
 @pytest.mark.parametrize("case", list(CONTAINER_FLOODS))
 def test_a_body_of_more_containers_than_rows_allow_is_refused_before_parsing(case: str) -> None:
     with pytest.raises(RequestProblem) as refused:
-        _check_containers(CONTAINER_FLOODS[case], max_rows=5)
+        check_containers(CONTAINER_FLOODS[case], max_rows=5)
     assert (
         refused.value.status == 413 and "at most 5 rows holds at most 69" in refused.value.problem
     )
@@ -267,7 +266,7 @@ def test_a_body_of_more_containers_than_rows_allow_is_refused_before_parsing(cas
 def test_brackets_inside_strings_do_not_count() -> None:
     text = json.dumps([{"a": "[[[{{{" * 20, "b": 'x\\"[[' * 20}] * 5).encode()
     assert text.count(b"[") > 100
-    _check_containers(text, max_rows=5)
+    check_containers(text, max_rows=5)
 
 
 RESERVE = """

@@ -1,5 +1,5 @@
 """The fresh-machine bootstrap (project/bootstrap.py) and where a run's local state goes
-(reprise/paths.py), issue 11 item 1: code tier; tests/test_fresh_machine_e2e.py runs it whole."""
+(reprise/paths.py), issue 11 item 1: code tier; tests/e2e/test_fresh_machine_e2e.py runs it whole."""
 
 from __future__ import annotations
 

@@ -18,8 +18,11 @@ import pyarrow as pa
 import pytest
 
 from reprise.errors import RepriseError
-from reprise.serving import batch
-from reprise.serving.model import ServedModel, unfit_numbers, value_problem
+from reprise.serving.batch.plan import check_paths, remove_stale_temps
+from reprise.serving.batch.score import arrow_clean, check_and_type
+from reprise.serving.batch.write import put_in_place
+from reprise.serving.model import ServedModel
+from reprise.serving.rows import unfit_numbers, value_problem
 
 COLUMNS = {"n": "integer", "x": "number", "t": "string"}
 # floats an int64 column cannot hold exactly: too large for int64, beyond 2**53 (where floats
@@ -92,7 +95,7 @@ def test_file_rows_follow_the_rule_without_overflow(served: ServedModel, values:
     frame = _rows(values)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy's "overflow encountered in cast" fails the test
-        reasons, typed = batch.check_and_type(served, frame)
+        reasons, typed = check_and_type(served, frame)
     expected = [bool(value_problem(float(v), "integer")) for v in values]
     assert (reasons != "").tolist() == expected
     for reason, value in zip(reasons[reasons != ""], frame["n"][reasons != ""], strict=True):
@@ -105,12 +108,12 @@ def test_file_rows_follow_the_rule_without_overflow(served: ServedModel, values:
 
 def test_a_non_finite_number_is_refused_in_files_as_over_http(served: ServedModel):
     frame = pd.DataFrame({"n": [1, 2, 3], "x": [1.0, float("inf"), float("-inf")], "t": "a"})
-    reasons, _ = batch.check_and_type(served, frame)
+    reasons, _ = check_and_type(served, frame)
     assert reasons.tolist() == ["", "x: must be a finite number, got inf", reasons[2]]
     assert reasons[2] == "x: must be a finite number, got -inf"
     table = pa.table({"n": [1, 2], "x": [1.0, float("inf")], "t": ["a", "b"]})
-    assert not batch._arrow_clean(COLUMNS, table)  # not the unchecked fast path
-    assert batch._arrow_clean(COLUMNS, table.slice(0, 1))
+    assert not arrow_clean(COLUMNS, table)  # not the unchecked fast path
+    assert arrow_clean(COLUMNS, table.slice(0, 1))
 
 
 def test_a_large_unsigned_integer_is_refused(served: ServedModel):
@@ -119,7 +122,7 @@ def test_a_large_unsigned_integer_is_refused(served: ServedModel):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        reasons, typed = batch.check_and_type(served, frame)
+        reasons, typed = check_and_type(served, frame)
     assert reasons.tolist() == [
         "",
         "n: is out of range of a 64-bit integer, got 18446744073709551615",
@@ -138,7 +141,7 @@ def _refused(
     inp: Path, out: Path, *, overwrite: bool = False, on_error: str = "fail", engine: str = "local"
 ) -> str:
     with pytest.raises(RepriseError) as caught:
-        batch._check_paths(inp, out, engine, on_error, overwrite)
+        check_paths(inp, out, engine, on_error, overwrite)
     text = str(caught.value)
     assert "\n" not in text and " Fix: " in text, text
     return text
@@ -177,7 +180,7 @@ def test_an_existing_output_needs_overwrite_and_a_folder_or_read_only_file_never
     (files / "old.csv").write_text("kept")
     text = _refused(inp, files / "old.csv")
     assert "exists" in text and "--overwrite" in text and "OVERWRITE=1" in text
-    batch._check_paths(inp, files / "old.csv", "local", "fail", True)  # allowed with it
+    check_paths(inp, files / "old.csv", "local", "fail", True)  # allowed with it
 
     (files / "dir.csv").mkdir()
     (files / "dir.csv" / "mine.txt").write_text("kept")
@@ -236,8 +239,8 @@ def test_put_in_place_keeps_the_mode_and_never_replaces_a_folder(tmp_path: Path)
     temp = tmp_path / ".out.csv.1.abc.part"
     temp.write_text("new")
     with pytest.raises(RepriseError, match="another process"):
-        batch._put_in_place(temp, target, overwrite=False)
-    batch._put_in_place(temp, target, overwrite=True)
+        put_in_place(temp, target, overwrite=False)
+    put_in_place(temp, target, overwrite=True)
     assert target.read_text() == "new" and (target.stat().st_mode & 0o777) == 0o640
 
     folder = tmp_path / "folder.csv"
@@ -245,7 +248,7 @@ def test_put_in_place_keeps_the_mode_and_never_replaces_a_folder(tmp_path: Path)
     (folder / "mine").write_text("kept")
     temp.write_text("new")
     with pytest.raises(RepriseError, match="never replaces a folder"):
-        batch._put_in_place(temp, folder, overwrite=True)
+        put_in_place(temp, folder, overwrite=True)
     assert (folder / "mine").read_text() == "kept"
 
 
@@ -275,6 +278,6 @@ def test_stale_temporary_files_of_dead_writers_go_and_no_others(tmp_path: Path):
         path.write_bytes(b"x" * 10)
     spark_folder.mkdir()
     (spark_folder / "part-0000.parquet").write_bytes(b"x")
-    batch._remove_stale_temps(target)
+    remove_stale_temps(target)
     assert [p for p in stale + [spark_folder] if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []

@@ -254,7 +254,8 @@ def test_a_version_scored_before_loads_compiled_without_mlflow(
     """The first predict of a version compiled it into the cache folder; later ones read that
     and import neither MLflow nor scikit-learn, with the same scores. A damaged compiled file
     is compiled again, and nothing is lost."""
-    from reprise.serving.model import _compiled_path, resolve
+    from reprise.serving.model import _compiled_path
+    from reprise.serving.reference import resolve
 
     for variable in ("MLFLOW_TRACKING_URI", "REPRISE_CACHE_DIR"):
         monkeypatch.setenv(variable, served_store.workspace.env[variable])

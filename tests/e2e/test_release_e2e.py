@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from support import (
+    CODE_VERSION_TAG,
     ROOT,
     ComponentsRemote,
     GitServer,
@@ -280,7 +281,7 @@ def test_rerun_in_another_store_reproduces_the_release_and_promotes_its_own_mode
     assert result.returncode == 0, output_of(result)[-4000:]
     rerun, children = latest_steps(store, "tags.`reprise.release` = '1.0.0'")
     # the release's components, not the 0.2.0 that the project's config says today
-    assert {c.data.tags["reprise.test.marker"] for c in children.values()} == {"old"}
+    assert {c.data.tags[CODE_VERSION_TAG] for c in children.values()} == {"0.1.0"}
     verify = released.reprise("verify", "1.0.0", "--run", rerun.info.run_id, workspace=store)
     assert verify.returncode == 0, output_of(verify)[-4000:]
     assert " 0 of " not in verify.stdout and "identical." in verify.stdout

@@ -131,8 +131,8 @@ def alone() -> list[str]:
 
 
 def test_the_project_collects_the_components_tests_once(alone: list[str]) -> None:
-    """The project's configuration (its `make test`) and the components' own collect the same
-    tests, each once: step_kit's from its folder, never through a component's link to it."""
+    """The project's configuration (its `make test-unit`) and the components' own collect the
+    same tests, each once: step_kit's from its folder, never through a component's link to it."""
     here = _collected("-c", "pyproject.toml", "components-repo", cwd=ROOT)
     assert alone and sorted(here) == sorted(f"components-repo/{test}" for test in alone)
     assert len(set(alone)) == len(alone)

@@ -27,7 +27,8 @@ from test_serving_e2e import TARGET, start_server, stop_server
 
 from reprise.serving import fast
 from reprise.serving.fast import FastScorer
-from reprise.serving.model import _compiled_path, load, resolve
+from reprise.serving.model import _compiled_path, load
+from reprise.serving.reference import resolve
 from support import ROOT, ServedStore, log_and_register, workspace_env, workspace_process
 
 # one xdist group per store: its fixtures are made once, in one worker
