@@ -11,11 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# tracking.py and graph.py import these from here (their home is reprise/credentials.py)
 from reprise import git
-from reprise.credentials import has_credentials as has_credentials
 from reprise.credentials import redact, scrub, strip_credentials
-from reprise.credentials import refuse_credentials as refuse_credentials
 from reprise.errors import RepriseError
 
 log = logging.getLogger(__name__)

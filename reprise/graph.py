@@ -136,7 +136,7 @@ def project_config(root: Path = paths.ROOT, overrides: Sequence[str] = ()) -> Di
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from reprise.components import scrub
+    from reprise.credentials import scrub
 
     try:
         with initialize_config_dir(str(root / "project" / "config"), version_base="1.3"):

@@ -20,7 +20,7 @@ from reprise.components import checkout, require_release_pin, split_subdirectory
 from reprise.credentials import redact
 from reprise.errors import RepriseError
 from reprise.report import Comparison, ReleaseLine, ReleaseListing, Verification
-from reprise.serving.model import PROD_ALIAS
+from reprise.serving.reference import PROD_ALIAS
 from reprise.tags import (
     COMPONENT_ENV_MANAGER_TAG,
     COMPONENT_PATH_TAG,
@@ -349,9 +349,10 @@ def _compile_for_serving(version: str) -> None:
     `make predict` or `make serve` of it starts in a second. A model that cannot be compiled is
     served by scikit-learn's path; that is no reason to fail the promotion."""
     from reprise.serving import model as served_model
+    from reprise.serving.reference import resolve
 
     try:
-        served = served_model.load(*served_model.resolve(release=version))
+        served = served_model.load(*resolve(release=version))
     except RepriseError as err:
         log.warning("the model of release %s was not compiled for serving: %s", version, err)
         return

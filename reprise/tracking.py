@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reprise import owners, paths, tags
-from reprise.components import (
+from reprise.credentials import (
     has_credentials,
     redact,
     refuse_credentials,

@@ -27,9 +27,7 @@ from reprise import paths, tracking
 from reprise.errors import RepriseError
 from reprise.serving import fast
 from reprise.serving.fast import FastScorer, NotCompilable
-from reprise.serving.reference import PROD_ALIAS as PROD_ALIAS  # names release.py imports here
 from reprise.serving.reference import pinned_uri, signature_inputs
-from reprise.serving.reference import resolve as resolve
 from reprise.serving.rows import (
     INT64,
     InputError,
