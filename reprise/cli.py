@@ -550,6 +550,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if url := tracking.server_url(uri):
         write_line(f"open {url} in a browser")
         return 0
+    from reprise.serving.server.command import check_port
+
+    # MLflow's UI says a taken port in a log line and exits 0: say it before, and fail
+    check_port(args.host, args.port, "pass another port (make ui PORT=...) or stop what holds it.")
     log.info("MLflow UI of %s on http://%s:%d (Ctrl-C stops it)", redact(uri), args.host, args.port)
     sys.stderr.flush()
     # the UI becomes this process: its PID is the one to stop, and no Python of ours waits on it

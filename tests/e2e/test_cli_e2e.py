@@ -84,3 +84,24 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # whatever of the group outlived its leader
     process.wait(timeout=10)
+
+
+def test_make_ui_on_a_taken_port_fails_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+        result = subprocess.run(
+            ["make", "-s", "-o", ".venv/.synced", "ui", f"PORT={port}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode != 0
+    assert f"Cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "make ui PORT=" in result.stderr and "Traceback" not in result.stderr

@@ -24,7 +24,11 @@ DEFAULT_BACKLOG = 128
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
-def _check_port(host: str, port: int) -> None:
+SERVE_PORT_FIX = "pass another --port (make serve PORT=...) or stop what holds this one."
+
+
+def check_port(host: str, port: int, fix: str = SERVE_PORT_FIX) -> None:
+    """Refuse in one line, before anything starts, a port this process cannot listen on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,7 +37,7 @@ def _check_port(host: str, port: int) -> None:
         except OSError as err:
             raise RepriseError(
                 f"Cannot listen on {host}:{port}: {err.strerror or err}.",
-                "pass another --port (make serve PORT=...) or stop what holds this one.",
+                fix,
             ) from None
 
 
@@ -72,7 +76,7 @@ def serve(
     reference = ModelReference(release or None, model or None)
     uri, meta = reference.resolve()  # RepriseError, e.g. nothing aliased prod
     check_model(uri, meta)
-    _check_port(host, port)
+    check_port(host, port)
     if not settings.api_key and not is_loopback(host):
         log.warning(
             "listening on %s without an API key: anyone who reaches it can score; POST /reload "
