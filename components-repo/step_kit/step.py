@@ -41,7 +41,7 @@ def code_version() -> str | None:
     version = Path(__file__).resolve().parent.parent / "VERSION"
     try:
         return version.read_text(encoding="utf-8").strip()[:250] or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # missing, a folder, unreadable, not text: no record
         return None
 
 

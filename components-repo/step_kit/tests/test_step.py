@@ -48,3 +48,30 @@ def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
     # the code says which release of the repository it is
     version = (COMPONENTS / "VERSION").read_text().strip()
     assert run.data.tags["reprise.component.code_version"] == version
+
+
+def test_a_version_file_that_is_no_text_or_a_folder_records_no_version(tmp_path: Path) -> None:
+    """code_version reads the VERSION beside step_kit's real folder; what is not one is None."""
+    import shutil
+
+    for name, make in [("binary", "bytes"), ("folder", "dir"), ("missing", None)]:
+        repo = tmp_path / name
+        shutil.copytree(
+            COMPONENTS / "step_kit",
+            repo / "step_kit",
+            ignore=shutil.ignore_patterns("tests", "__pycache__"),
+        )
+        if make == "bytes":
+            (repo / "VERSION").write_bytes(b"\xff\xfe\x00not text")
+        elif make == "dir":
+            (repo / "VERSION").mkdir()
+        result = subprocess.run(
+            [sys.executable, "-c", "from step_kit.step import code_version; print(code_version())"],
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            cwd=tmp_path,  # not this repository's folder, whose step_kit would come first
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == "None", name
