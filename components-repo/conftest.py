@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from step_kit import Schema
+
 import pandas as pd
 import pytest
 import yaml
-
-from step_kit import Schema
 
 COMPONENTS = Path(__file__).resolve().parent
 CONFIG_DIR = COMPONENTS / "testing" / "config"

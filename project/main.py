@@ -3,15 +3,18 @@
 import logging
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from reprise.startup import imports_paused
 
-from reprise import owners
-from reprise.errors import RepriseError
-from reprise.pipeline import StepFailed, run_pipeline
-from reprise.project_args import hydra_arguments
-from reprise.sweep import check_points, is_multirun
-from reprise.tracking import refuse_credentials_in_arguments
+with imports_paused():  # Hydra, MLflow, pandas: see reprise/startup.py
+    import hydra
+    from omegaconf import DictConfig
+
+    from reprise import owners
+    from reprise.errors import RepriseError
+    from reprise.pipeline import StepFailed, run_pipeline
+    from reprise.project_args import hydra_arguments
+    from reprise.sweep import check_points, is_multirun
+    from reprise.tracking import refuse_credentials_in_arguments
 
 log = logging.getLogger("reprise")
 

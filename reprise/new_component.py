@@ -71,10 +71,10 @@ RUN_PY = Template('''\
 
 from pathlib import Path
 
-from ${name}_logic import transform
-
 from step_kit import Step
 from step_kit.cli import parse_args
+
+from ${name}_logic import transform
 
 HERE = Path(__file__).resolve().parent
 OUTPUT = "${name}_data"

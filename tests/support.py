@@ -352,10 +352,10 @@ def declared_steps() -> list[str]:
 def log_and_register(model: Any, example: Any, name: str) -> tuple[str, str]:
     """(run id, version): ``model`` logged as train_model logs it (skops, its trusted types, a
     signature and input example from ``example``) in a new run, and registered as ``name``."""
+    from step_kit import persist
+
     import mlflow
     from mlflow.models import infer_signature
-
-    from step_kit import persist
 
     with mlflow.start_run() as run:
         info = mlflow.sklearn.log_model(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from step_kit import Schema, StepError
 from step_kit.schema import text_column
+
+import pandas as pd
 
 
 def clean(

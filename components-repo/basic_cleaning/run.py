@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from cleaning import clean
 from step_kit import Schema, Step
 from step_kit.cli import flag_param, json_param, parse_args
+
+from cleaning import clean
 
 HERE = Path(__file__).resolve().parent
 

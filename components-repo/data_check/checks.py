@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from step_kit import Schema, StepError
+from step_kit.findings import Finding
+
 import numpy as np
 import pandas as pd
 from scipy import stats
-
-from step_kit import Schema, StepError
-from step_kit.findings import Finding
 
 
 def check_schema(frame: pd.DataFrame, schema: Schema) -> Finding:

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from checks import run_checks
 from step_kit import Schema, Step, StepError
 from step_kit.cli import json_param, parse_args
 from step_kit.findings import listing as findings_listing
+
+from checks import run_checks
 
 HERE = Path(__file__).resolve().parent
 

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from fetch import fetch
 from step_kit import Step, read_table
 from step_kit.cli import parse_args
 from step_kit.tables import frame_digest
+
+from fetch import fetch
 
 HERE = Path(__file__).resolve().parent
 

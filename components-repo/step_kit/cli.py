@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from step_kit.errors import StepError
+
+import yaml
 
 _TYPES = {"string": str, "str": str, "path": str, "uri": str, "float": float, "int": int}
 

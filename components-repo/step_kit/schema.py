@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from step_kit.cli import json_param
 from step_kit.errors import StepError
+
+import numpy as np
+import pandas as pd
 
 
 def as_text(value: Any) -> str:

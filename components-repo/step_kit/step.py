@@ -11,11 +11,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from step_kit.errors import StepError
+from step_kit.startup import set_aside
+from step_kit.tables import frame_digest, read_table, sha256_file
+
 import mlflow
 import pandas as pd
-
-from step_kit.errors import StepError
-from step_kit.tables import frame_digest, read_table, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Step:
             mlflow.set_tag(CODE_VERSION_TAG, version)
         self._wandb = self._start_wandb()
         log.info("step %s: MLflow run %s", self.name, self.run_id)
+        set_aside()  # what started the run (its store, the step's imports): see startup.py
         return self
 
     def __exit__(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pandas as pd
-
 from step_kit.errors import StepError
+
+import pandas as pd
 
 TABLE_SUFFIXES = (".parquet", ".csv")
 

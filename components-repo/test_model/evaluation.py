@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from step_kit import Schema, StepError
 from step_kit.findings import Finding
 from step_kit.schema import as_text
+
+import numpy as np
+import pandas as pd
 
 
 def invariance(

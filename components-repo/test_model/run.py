@@ -3,17 +3,18 @@ and register it (alias candidate) only when it passes."""
 
 from pathlib import Path
 
-import mlflow
-from mlflow.exceptions import MlflowException
-
-from evaluation import behaviour_tests, gate
-from registration import set_alias
 from step_kit import Schema, Step, StepError, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.findings import listing as findings_listing
 from step_kit.metrics import evaluate
 from step_kit.scoring import Predictions, fixed_order, predictions
 from step_kit.tables import array_digest
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from evaluation import behaviour_tests, gate
+from registration import set_alias
 
 HERE = Path(__file__).resolve().parent
 

@@ -4,13 +4,14 @@ and log the model (threshold inside) as an MLflow model stored with skops."""
 import warnings
 from pathlib import Path
 
-import mlflow
-from mlflow.models import infer_signature
-
 from step_kit import Schema, Step, persist, plots
 from step_kit.cli import json_param, parse_args
 from step_kit.metrics import evaluate
 from step_kit.scoring import predictions
+
+import mlflow
+from mlflow.models import infer_signature
+
 from training import (
     BASELINES,
     Preprocess,

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
+from step_kit import Schema, StepError
+from step_kit.scoring import fixed_fit_threads, fixed_order
+
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
@@ -27,9 +30,6 @@ from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClas
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
-
-from step_kit import Schema, StepError
-from step_kit.scoring import fixed_fit_threads, fixed_order
 
 # The estimators a config group `model` can name; the baselines beside every run.
 ESTIMATORS: dict[str, type] = {

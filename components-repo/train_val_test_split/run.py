@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-from splitting import split
 from step_kit import Step
 from step_kit.cli import parse_args
+
+from splitting import split
 
 HERE = Path(__file__).resolve().parent
 

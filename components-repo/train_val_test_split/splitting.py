@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from step_kit import StepError
+
 import pandas as pd
 from sklearn.model_selection import train_test_split
-
-from step_kit import StepError
 
 
 def split(

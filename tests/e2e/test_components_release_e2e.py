@@ -132,8 +132,11 @@ def _output(result: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
-    """One real release (the components' real unit tests run), shared by the tests that read it."""
+    """One real release, shared by the tests that read it. Its test run is the small suite: the
+    components' own tests run once per session, in the clone that tests itself
+    (test_components_standalone_e2e.py)."""
     repo = _clone(tmp_path_factory.mktemp("released") / "repo")
+    _small_suite(repo)
     old = _version(repo)
     head_before = git("rev-parse", "HEAD", cwd=repo)
     result = _reprise(repo, "release-components", "--part", "minor")

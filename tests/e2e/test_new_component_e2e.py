@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from step_kit.cli import parse_args
+
 import pandas as pd
 import pytest
 import yaml
 
 from reprise import new_component
 from reprise.errors import RepriseError
-from step_kit.cli import parse_args
 from support import ROOT, Workspace, _copy_components
 
 NAME = "row_counter"

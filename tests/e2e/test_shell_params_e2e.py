@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from step_kit.cli import parse_args
+
 import pytest
 import yaml
 from mlflow.projects import utils as project_utils
@@ -23,7 +25,6 @@ from mlflow.projects.backend.local import _run_entry_point
 from mlflow.tracking import MlflowClient
 
 from reprise.project_args import hydra_arguments, quote_value, split_options, steps_override
-from step_kit.cli import parse_args
 from support import ROOT, Workspace, run_reprise, sweep_and_points
 
 MLPROJECT_DIRS = [

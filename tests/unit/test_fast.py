@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from step_kit import Schema
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -18,7 +20,6 @@ import pytest
 import yaml
 
 from reprise.serving.fast import MAX_COMPILED_NODES, SMALL_BATCH, FastScorer, NotCompilable
-from step_kit import Schema
 from support import ROOT
 
 CONFIG = ROOT / "project" / "config"

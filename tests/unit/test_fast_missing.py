@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from step_kit import Schema
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -18,7 +20,6 @@ from test_fast import config
 
 from reprise.serving import fast
 from reprise.serving.fast import SMALL_BATCH, FastScorer, imputed_columns
-from step_kit import Schema
 from support import ROOT
 
 DATA = ROOT / "components-repo" / "get_data" / "data" / "sample2.parquet"

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from step_kit import persist
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,7 +33,6 @@ from reprise.errors import RepriseError
 from reprise.serving import model_trust
 from reprise.serving.fast import UNSEEN, FastScorer, digest_path
 from reprise.serving.model import ServedModel
-from step_kit import persist
 
 # test_fast's fixtures: the bundled data, cleaned, split into train rows and held-out features
 schema = test_fast.schema

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import shlex
 
+from step_kit.cli import parse_args
+
 import pytest
 from hydra import compose, initialize_config_dir
 
 from reprise.errors import RepriseError
 from reprise.project_args import hydra_arguments, quote_value, split_options, steps_override
-from step_kit.cli import parse_args
 from support import ROOT
 
 # Shell metacharacters, Hydra and OmegaConf syntax, option-like words: each must stay text.

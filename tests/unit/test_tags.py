@@ -4,6 +4,7 @@ step_kit, a repository of its own, keeps. They must be the same strings."""
 from __future__ import annotations
 
 import step_kit.step as step_side
+
 from reprise import tags
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from step_kit import StepError, read_table
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cleaning import clean
-from step_kit import StepError, read_table
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
+from step_kit import Schema, StepError
+from step_kit.schema import as_text
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from cleaning import clean
-from step_kit import Schema, StepError
-from step_kit.schema import as_text
 
 
 def schema_of(**roles) -> Schema:

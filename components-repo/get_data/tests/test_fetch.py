@@ -10,10 +10,11 @@ import socket
 import threading
 from pathlib import Path
 
+from step_kit import StepError, read_table, sha256_file
+
 import pytest
 
 from fetch import BUNDLED_DIR, fetch
-from step_kit import StepError, read_table, sha256_file
 
 # A row of DATA.md's table: | `name.parquet` | rows | what | `sha256` |
 DATA_MD_ROW = re.compile(

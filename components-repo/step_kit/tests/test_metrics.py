@@ -3,11 +3,11 @@ under the names train_model and test_model log."""
 
 from __future__ import annotations
 
+from step_kit.metrics import evaluate, ranking_metrics, threshold_metrics, top_k_mask
+
 import numpy as np
 import pytest
 from sklearn import metrics
-
-from step_kit.metrics import evaluate, ranking_metrics, threshold_metrics, top_k_mask
 
 BETA = 0.5
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from step_kit import StepError, persist
+
 import numpy as np
 import pytest
 import skops.io as sio
@@ -15,8 +17,6 @@ from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
-
-from step_kit import StepError, persist
 
 
 class Doubler:

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from step_kit.plots import (
+    calibration_plot,
+    confusion_matrix_plot,
+    feature_importances_plot,
+    roc_pr_curves,
+    threshold_curve,
+    tree_top_levels,
+)
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -18,15 +27,6 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
-
-from step_kit.plots import (
-    calibration_plot,
-    confusion_matrix_plot,
-    feature_importances_plot,
-    roc_pr_curves,
-    threshold_curve,
-    tree_top_levels,
-)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "get_data" / "data" / "sample1.parquet"
 FEATURES = ["age", "educational-num", "capital-gain", "capital-loss", "hours-per-week"]

@@ -3,6 +3,8 @@ the thread pools back afterwards, whatever wraps it (pipeline, threshold, fitted
 
 from __future__ import annotations
 
+from step_kit.scoring import fixed_fit_threads, fixed_order, predictions
+
 import numpy as np
 import pytest
 from sklearn.compose import ColumnTransformer
@@ -10,8 +12,6 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_info
-
-from step_kit.scoring import fixed_fit_threads, fixed_order, predictions
 
 
 @pytest.fixture(scope="module")

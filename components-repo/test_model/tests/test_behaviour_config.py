@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from step_kit import StepError
+
 import numpy as np
 import pytest
 
 from evaluation import behaviour_tests, cases, invariance
-from step_kit import StepError
 from training import fit, with_threshold
 
 

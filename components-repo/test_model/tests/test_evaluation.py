@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from step_kit import StepError
+
 import numpy as np
 import pytest
 from sklearn.compose import ColumnTransformer
@@ -12,7 +14,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from evaluation import Finding, cases, directional, gate, invariance
-from step_kit import StepError
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from step_kit import Schema
+from step_kit.scoring import predictions
+from step_kit.tables import array_digest
+
 import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from step_kit import Schema
-from step_kit.scoring import predictions
-from step_kit.tables import array_digest
 from training import BASELINES, choose_threshold, fit, with_threshold
 
 GROUP = ("decision_tree", "random_forest", "hist_gradient_boosting")

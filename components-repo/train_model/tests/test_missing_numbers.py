@@ -4,11 +4,12 @@ gaps, however config group 'preprocess' fills them."""
 
 from __future__ import annotations
 
+from step_kit import StepError
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from step_kit import StepError
 from training import BASELINES, IMPUTATIONS, Preprocess, fit
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import warnings
 from importlib.metadata import version
 
+from step_kit import StepError, persist
+
 import mlflow
 import numpy as np
 import pytest
@@ -15,7 +17,6 @@ from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from step_kit import StepError, persist
 from training import (
     BASELINES,
     ESTIMATORS,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from step_kit import StepError
+
 import pandas as pd
 import pytest
 
 from splitting import split
-from step_kit import StepError
 
 
 def row_hashes(frame: pd.DataFrame) -> pd.Series:
