@@ -1,10 +1,15 @@
-"""The run-tag contract has two sides: the platform's names (reprise/tags.py) and the copy that
-step_kit, a repository of its own, keeps. They must be the same strings."""
+"""What the platform and step_kit, a repository of its own, each keep a copy of: the run-tag names
+(reprise/tags.py) must be the same strings, and the collector pause of their processes' imports
+(startup.py) the same code."""
 
 from __future__ import annotations
 
+import inspect
+
+import step_kit.startup
 import step_kit.step as step_side
 
+import reprise.startup
 from reprise import tags
 
 
@@ -20,3 +25,8 @@ def test_derived_names_are_the_spelled_ones() -> None:
     assert tags.REGISTERED_MODEL_TAG == "reprise.output.registered_model"
     assert tags.COMPONENT_SHA_TAG == "reprise.component.sha"
     assert tags.COMPONENT_TAG.format(key="train_model.sha") == "reprise.component.train_model.sha"
+
+
+def test_step_kit_pauses_the_collector_as_the_platform_does() -> None:
+    step_side_code = inspect.getsource(step_kit.startup.imports_paused)
+    assert step_side_code == inspect.getsource(reprise.startup.imports_paused)

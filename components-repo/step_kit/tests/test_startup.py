@@ -3,14 +3,12 @@ collector on, in a process of its own, as a step's run.py imports it."""
 
 import gc
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from step_kit.startup import imports_paused
 
-COMPONENTS = Path(__file__).resolve().parents[2]
+from test_step import step_process
+
 PROBE = """
 import gc, json, sys
 before = gc.get_freeze_count()
@@ -31,21 +29,7 @@ print(json.dumps({"import": after_import, "step": during}))
 
 
 def probe(tmp_path: Path, how: str) -> dict:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "WANDB_MODE": "disabled",
-        "PYTHONPATH": str(COMPONENTS),
-    }
-    env.pop("MLFLOW_RUN_ID", None)
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, how],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = step_process(tmp_path, PROBE, how)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

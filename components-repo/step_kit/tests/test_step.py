@@ -22,7 +22,8 @@ with Step("probe", {}) as step:
 """
 
 
-def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
+def step_process(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c CODE ARGS`` with step_kit importable and a new sqlite store in ``tmp_path``."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -30,20 +31,23 @@ def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
         "PYTHONPATH": str(COMPONENTS),
     }
     env.pop("MLFLOW_RUN_ID", None)
-    result = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED],
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_an_interrupted_step_ends_killed_in_one_line(tmp_path: Path) -> None:
+    result = step_process(tmp_path, INTERRUPTED)
     assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "step probe stopped by an interrupt (Ctrl-C); its run ends KILLED" in result.stderr
     run_id = result.stdout.split()[0]
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    run = client.get_run(run_id)
+    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert run.info.status == "KILLED"
     # the code says which release of the repository it is
     version = (COMPONENTS / "VERSION").read_text().strip()
