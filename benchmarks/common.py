@@ -50,8 +50,11 @@ def record(lines: list[str], append: bool = True) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def git(*args: str, cwd: Path | None = None) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, timeout=120)
+def git(*args: str, cwd: Path = ROOT) -> str:
+    """``git ARGS`` in ``cwd`` (the repository by default); its output. A failure raises."""
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
 
 
 def serve_components(base: Path) -> tuple[subprocess.Popen, str]:
@@ -109,23 +112,19 @@ def serve_components(base: Path) -> tuple[subprocess.Popen, str]:
 
 def code_state() -> str:
     """The commit measured, and which files of reprise/ differ from it (others edit them)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-        ).stdout.strip()
-
     changed = git("diff", "--name-only", "HEAD", "--", "reprise").split()
     return f"Reprise at {git('rev-parse', '--short', 'HEAD')}" + (
         f" with uncommitted changes to {', '.join(changed)}" if changed else ""
     )
 
 
-def python(*args: str, env: dict[str, str], timeout: float = 3600) -> subprocess.CompletedProcess:
-    """``python ARGS`` (this virtual environment's) from the repository root; a failure stops the
-    benchmark with the end of its output."""
+def python(
+    *args: str, env: dict[str, str], timeout: float = 3600, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
+    """``python ARGS`` (this virtual environment's) from ``cwd`` (the repository root by default);
+    a failure stops the benchmark with the end of its output."""
     result = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if result.returncode != 0:
         raise SystemExit((result.stdout + result.stderr)[-4000:])

@@ -18,33 +18,26 @@ import datetime as dt
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, code_state, record, run_env
+from common import ROOT, code_state, git, python, record, run_env
 
 EXPERIMENT = "startup-bench"
 TIMEOUT_S = 1800
 
 
-def git_out(*args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
-    ).stdout.strip()
-
-
 def default_baseline() -> str:
     """The parent of the commit that added components-repo/step_kit/startup.py."""
-    added = git_out(
+    added = git(
         "log", "--diff-filter=A", "--format=%H", "--", "components-repo/step_kit/startup.py"
     ).split()
     if not added:
         raise SystemExit("components-repo/step_kit/startup.py is not committed: pass --baseline")
-    return git_out("rev-parse", "--short", f"{added[-1]}^")
+    return git("rev-parse", "--short", f"{added[-1]}^")
 
 
 @dataclass
@@ -66,18 +59,10 @@ def one_run(tree: Path, base: Path, overrides: list[str]) -> Run:
     client.create_experiment(EXPERIMENT, artifact_location=(base / "mlartifacts").as_uri())
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "reprise", "run", "main.cache=false", *overrides],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    python("-m", "reprise", "run", "main.cache=false", *overrides, env=env, timeout=TIMEOUT_S,
+           cwd=tree)  # fmt: skip
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise SystemExit(f"{tree}: the run exited {result.returncode}:\n{result.stderr[-3000:]}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`reprise.pipeline` = 'true'")
@@ -104,7 +89,7 @@ def main() -> None:
     runs: dict[str, list[Run]] = {"baseline": [], "this tree": []}
     with tempfile.TemporaryDirectory(prefix="reprise-startup-") as temp:
         worktree = Path(temp) / "baseline"
-        git_out("worktree", "add", "--detach", str(worktree), baseline)
+        git("worktree", "add", "--detach", str(worktree), baseline)
         try:
             trees = {"baseline": worktree, "this tree": ROOT}
             for round_ in range(args.rounds):
@@ -118,7 +103,7 @@ def main() -> None:
                         f"{label} round {round_ + 1}: {run.wall:.1f} s wall, {run.cpu:.1f} s CPU\n"
                     )
         finally:
-            git_out("worktree", "remove", "--force", str(worktree))
+            git("worktree", "remove", "--force", str(worktree))
 
     def median(label: str, value) -> float:
         return statistics.median(value(run) for run in runs[label])

@@ -176,18 +176,26 @@ def workspace(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path, workspace_env(tmp_path))
 
 
-def run_reprise(
-    workspace: Workspace, *args: str, timeout: int = 900
-) -> subprocess.CompletedProcess:
-    """``python -m reprise run ARGS`` as a user types it, in its own process."""
+def reprise(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """``python -m reprise ARGS`` as a user types it, in its own process, from ``cwd``: the
+    reprise package of that checkout runs."""
     return subprocess.run(
-        [sys.executable, "-m", "reprise", "run", *args],
-        cwd=ROOT,
-        env=workspace.env,
+        [sys.executable, "-m", "reprise", *args],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_reprise(
+    workspace: Workspace, *args: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """``python -m reprise run ARGS`` against ``workspace``'s store."""
+    return reprise("run", *args, env=workspace.env, timeout=timeout)
 
 
 def mlflow_run(

@@ -30,9 +30,3 @@ def imports_paused() -> Iterator[None]:
         gc.freeze()
         if was_enabled:
             gc.enable()
-
-
-def set_aside() -> None:
-    """Move every object alive now out of the collector's reach (gc.freeze): it is never walked
-    again, also not at exit."""
-    gc.freeze()

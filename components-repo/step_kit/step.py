@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ from types import TracebackType
 from typing import Any
 
 from step_kit.errors import StepError
-from step_kit.startup import set_aside
 from step_kit.tables import frame_digest, read_table, sha256_file
 
 import mlflow
@@ -90,7 +90,8 @@ class Step:
             mlflow.set_tag(CODE_VERSION_TAG, version)
         self._wandb = self._start_wandb()
         log.info("step %s: MLflow run %s", self.name, self.run_id)
-        set_aside()  # what started the run (its store, the step's imports): see startup.py
+        # what started the run (its store, the step's imports) is set aside: see startup.py
+        gc.freeze()
         return self
 
     def __exit__(

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from reprise.serving.fast import FastScorer
-from support import ROOT, ServedStore
+from support import ROOT, ServedStore, reprise
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
@@ -45,14 +45,7 @@ class Reference:
 
 def predict(store: ServedStore, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m reprise predict ARGS` in its own process, against the served store."""
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", "predict", *args],
-        cwd=ROOT,
-        env=store.workspace.env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return reprise("predict", *args, env=store.workspace.env, timeout=timeout)
 
 
 def ok(result: subprocess.CompletedProcess) -> str:

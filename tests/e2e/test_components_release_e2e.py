@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from reprise.versioning import unreleased_entries
-from support import ROOT, GitServer, Workspace, git, mlflow_run, workspace_env
+from support import ROOT, GitServer, Workspace, git, mlflow_run, reprise, workspace_env
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("components-release")]
@@ -72,14 +71,7 @@ def _commit(repo: Path, message: str) -> None:
 
 def _reprise(repo: Path, *args: str) -> subprocess.CompletedProcess:
     """``python -m reprise ARGS`` in ``repo``: it imports that clone's reprise, whose ROOT it is."""
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", *args],
-        cwd=repo,
-        env=workspace_env(repo.parent),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return reprise(*args, env=workspace_env(repo.parent), cwd=repo, timeout=600)
 
 
 def _version(repo: Path) -> str:

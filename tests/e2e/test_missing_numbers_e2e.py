@@ -29,7 +29,13 @@ from reprise.serving import fast
 from reprise.serving.fast import FastScorer
 from reprise.serving.model import _compiled_path, load
 from reprise.serving.reference import resolve
-from support import ROOT, ServedStore, log_and_register, workspace_env, workspace_process
+from support import (
+    ServedStore,
+    log_and_register,
+    reprise,
+    workspace_env,
+    workspace_process,
+)
 
 # one xdist group per store: its fixtures are made once, in one worker
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("served")]
@@ -265,17 +271,7 @@ def test_a_model_that_cannot_impute_keeps_refusing_missing_numbers(
 
 def predict_in(store: Store, *args: str) -> Any:
     """`python -m reprise predict ARGS` against ``store``."""
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", "predict", *args],
-        cwd=ROOT,
-        env=store.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return reprise("predict", *args, env=store.env, timeout=300)
 
 
 def test_a_scorer_compiled_in_the_previous_format_is_compiled_again(

@@ -22,7 +22,7 @@ import yaml
 
 from reprise import new_component
 from reprise.errors import RepriseError
-from support import ROOT, Workspace, _copy_components
+from support import ROOT, Workspace, _copy_components, reprise
 
 NAME = "row_counter"
 RUFF = str(ROOT / ".venv" / "bin" / "ruff")
@@ -74,13 +74,7 @@ def listing(folder: Path) -> list[str]:
 
 def reprise_command(*args: str) -> subprocess.CompletedProcess:
     """``python -m reprise ARGS`` as a user types it."""
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return reprise(*args, timeout=120)
 
 
 def test_the_component_has_the_shape_of_the_others(components: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from support import (
     git,
     latest_steps,
     mlflow_run,
+    reprise,
     workspace_env,
 )
 
@@ -50,13 +50,8 @@ class Project:
     ) -> subprocess.CompletedProcess:
         """``python -m reprise ARGS`` in the clone (or in another checkout ``cwd``): that
         checkout's own reprise package runs."""
-        return subprocess.run(
-            [sys.executable, "-m", "reprise", *args],
-            cwd=cwd or self.work,
-            env=(workspace or self.workspace).env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        return reprise(
+            *args, env=(workspace or self.workspace).env, cwd=cwd or self.work, timeout=timeout
         )
 
     def state(self) -> tuple[str, str, str]:

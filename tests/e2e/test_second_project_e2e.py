@@ -25,6 +25,7 @@ from support import (
     git,
     latest_steps,
     mlflow_run,
+    reprise,
     workspace_env,
 )
 
@@ -77,14 +78,7 @@ class SecondProject:
         self, *args: str, cwd: Path | None = None, workspace: Workspace | None = None
     ) -> subprocess.CompletedProcess:
         """``python -m reprise ARGS`` in the repository (or ``cwd``): its own platform runs."""
-        return subprocess.run(
-            [sys.executable, "-m", "reprise", *args],
-            cwd=cwd or self.work,
-            env=(workspace or self.workspace).env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        return reprise(*args, env=(workspace or self.workspace).env, cwd=cwd or self.work)
 
 
 def output_of(result: subprocess.CompletedProcess) -> str:

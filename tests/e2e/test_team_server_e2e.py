@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ROOT, free_port
+from support import ROOT, free_port, reprise
 
 pytestmark = pytest.mark.e2e
 
@@ -57,14 +57,7 @@ def server_dir() -> Iterator[Path]:
 
 
 def reprise_server(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", "server", *args],
-        cwd=ROOT,
-        env=_env(folder),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    return reprise("server", *args, env=_env(folder), timeout=CLI_TIMEOUT_S)
 
 
 def _env(folder: Path) -> dict[str, str]:

@@ -22,20 +22,13 @@ from reprise.cli import (
     platform_version,
 )
 from reprise.versioning import current_version
-from support import ROOT
+from support import ROOT, reprise
 
 
 def python_m_reprise(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reprise", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return reprise(*args, env=env, timeout=120)
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
