@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,11 +86,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of every run")
     args = parser.parse_args()
     baseline = args.baseline or default_baseline()
+    try:  # a revision, never an option of git's
+        git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{baseline}^{{commit}}")
+    except subprocess.CalledProcessError:
+        raise SystemExit(f"--baseline {baseline!r} is not a commit of this repository") from None
+    git("worktree", "prune")  # the worktree of a run killed halfway, its folder gone
     load = os.getloadavg()
     runs: dict[str, list[Run]] = {"baseline": [], "this tree": []}
     with tempfile.TemporaryDirectory(prefix="reprise-startup-") as temp:
         worktree = Path(temp) / "baseline"
-        git("worktree", "add", "--detach", str(worktree), baseline)
+        git("worktree", "add", "--detach", str(worktree), f"{baseline}^{{commit}}")
         try:
             trees = {"baseline": worktree, "this tree": ROOT}
             for round_ in range(args.rounds):
@@ -121,7 +127,7 @@ def main() -> None:
         f"{code_state()}; baseline {baseline} (a git worktree). Load average (1, 5, 15 min) at "
         f"start: {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}. Each run: `python -m reprise run "
         "main.cache=false` in its tree, a new sqlite store, the tree's own components (env "
-        f"manager local); {args.rounds} runs of each tree in turns, medians. Every run exited 0 "
+        f"manager local); {args.rounds} run(s) of each tree in turns, medians. Every run exited 0 "
         "with its pipeline run FINISHED.",
         "",
         "| | baseline | this tree | this tree vs baseline |",
