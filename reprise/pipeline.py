@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import mlflow
 from mlflow.projects import ExecutionException
@@ -18,6 +18,7 @@ from reprise import cache, graph, manifest, owners, paths, sweep, tracking
 from reprise.components import ComponentSpec, ResolvedComponent, resolve, resolve_pinned
 from reprise.credentials import redact, refuse_credentials, without_credentials
 from reprise.errors import RepriseError
+from reprise.plain_config import plain_dict
 from reprise.tags import (
     CACHE_KEY_TAG,
     CACHED_FROM_TAG,
@@ -297,7 +298,7 @@ def run_pipeline(cfg: DictConfig, run_name: str = "", source: str = "") -> list[
                 mlflow.set_tag(RELEASE_TAG, release["version"])
             else:
                 # the declaration's ${...} repeat other settings: name the setting a user wrote
-                given = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+                given = plain_dict(cfg, "the config")
                 declaration = given.pop("pipeline", None)
                 refuse_credentials(given)
                 refuse_credentials({"pipeline": declaration})
